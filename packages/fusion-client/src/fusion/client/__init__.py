@@ -1,0 +1,5 @@
+"""fusion.client"""
+
+from fusion.client.__about__ import __version__
+
+__all__ = ["__version__"]

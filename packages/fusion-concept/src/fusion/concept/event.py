@@ -1,0 +1,46 @@
+"""Events sent to subscribers and webhooks."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from fusion.concept._concept import Concept, ConceptError, json_decoder
+from fusion.concept.case import Case
+
+__all__ = ["CaseT", "Event"]
+
+CaseT = TypeVar("CaseT", bound=Case)
+
+
+class Event(Concept, Generic[CaseT], kw_only=True):
+    """``{"source", "category", "case", "ext"}``.
+
+    Decode with ``Event.from_json(data, case_type=TimelineCase)`` to get the
+    service's Case subclass back; the default decodes the case as
+    :class:`Case`.
+    """
+
+    source: str
+    category: str
+    case: CaseT
+    ext: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(  # type: ignore[override]
+        cls, data: bytes | str, case_type: type[Case] = Case
+    ) -> Event[Any]:
+        try:
+            return json_decoder(Event[case_type]).decode(data)  # type: ignore[valid-type,no-any-return]
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise ConceptError(f"invalid Event: {exc}") from exc
+
+    @classmethod
+    def from_dict(  # type: ignore[override]
+        cls, dct: Any, case_type: type[Case] = Case
+    ) -> Event[Any]:
+        try:
+            return msgspec.convert(dct, Event[case_type])  # type: ignore[valid-type]
+        except msgspec.ValidationError as exc:
+            raise ConceptError(f"invalid Event: {exc}") from exc

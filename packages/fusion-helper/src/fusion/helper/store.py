@@ -1,0 +1,164 @@
+"""The shared store: sessions, one-time keys, counters, pub/sub, history, locks.
+
+One small interface, two implementations chosen by URL:
+
+- ``memory://`` (default): in-process, for a single server process;
+- ``redis://host:port/db`` or ``rediss://...``: Redis, for several replicas.
+
+Every method raises :class:`StoreUnavailableError` when the backend cannot be
+reached, so a server can answer 503 instead of 500.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import NamedTuple
+
+__all__ = [
+    "SharedStore",
+    "StoreMessage",
+    "StoreUnavailableError",
+    "create_store",
+    "message_id_key",
+]
+
+
+class StoreUnavailableError(Exception):
+    """The shared store cannot be reached (Redis down, timeout, ...)."""
+
+
+class StoreMessage(NamedTuple):
+    """A pub/sub message: ``id`` is set when the message was kept in history."""
+
+    id: str | None
+    data: bytes
+
+
+def message_id_key(message_id: str) -> tuple[int, int]:
+    """Sort key of a history id (``"<milliseconds>-<sequence>"``); (-1, -1) if malformed."""
+    head, _, tail = message_id.partition("-")
+    try:
+        return (int(head), int(tail or 0))
+    except ValueError:
+        return (-1, -1)
+
+
+class SharedStore(ABC):
+    """What every replica of a service sees the same way."""
+
+    url: str
+
+    # -- keys ---------------------------------------------------------------
+    @abstractmethod
+    async def get(self, key: str) -> bytes | None:
+        """Value of ``key``, or None when absent or expired."""
+
+    @abstractmethod
+    async def set(
+        self, key: str, value: bytes, *, ttl: float | None = None, only_if_absent: bool = False
+    ) -> bool:
+        """Store ``value``; with ``only_if_absent`` do nothing (False) if the key exists."""
+
+    @abstractmethod
+    async def pop(self, key: str) -> bytes | None:
+        """Atomically get and delete ``key`` (one-time keys): only one caller wins."""
+
+    @abstractmethod
+    async def delete(self, *keys: str) -> int:
+        """Delete keys; returns how many existed."""
+
+    @abstractmethod
+    async def expire(self, key: str, ttl: float) -> bool:
+        """Set a new time to live; False when the key does not exist."""
+
+    @abstractmethod
+    async def incr(self, key: str, *, ttl: float) -> int:
+        """Increment a counter; ``ttl`` is set when the counter is created (fixed window)."""
+
+    @abstractmethod
+    async def ttl(self, key: str) -> float | None:
+        """Seconds left before ``key`` expires; None when absent or persistent."""
+
+    # -- bounded sets (capped collections of expiring members) ---------------
+    @abstractmethod
+    async def bounded_add(self, key: str, member: str, *, ttl: float, cap: int) -> bool:
+        """Atomically drop expired members, then add ``member`` (expiring after ``ttl``)
+        unless ``cap`` live members already exist (False)."""
+
+    @abstractmethod
+    async def bounded_remove(self, key: str, member: str) -> bool:
+        """Remove ``member``; False when it was not there."""
+
+    @abstractmethod
+    async def bounded_count(self, key: str) -> int:
+        """Number of live members."""
+
+    # -- pub/sub and history -------------------------------------------------
+    @abstractmethod
+    async def publish(
+        self,
+        channel: str,
+        data: bytes,
+        *,
+        history: int = 0,
+        history_ttl: float | None = None,
+    ) -> str | None:
+        """Publish ``data`` to the subscribers of ``channel`` (best effort).
+
+        With ``history > 0`` the message is first appended to the channel's
+        bounded history (at most ``history`` messages kept, the whole history
+        expiring ``history_ttl`` seconds after the last append) and gets an
+        id, increasing per channel, returned and sent along with the message.
+        """
+
+    @abstractmethod
+    def subscribe(self, *channels: str) -> AbstractAsyncContextManager[AsyncIterator[tuple[str, StoreMessage]]]:
+        """Raw upstream subscription yielding ``(channel, message)``.
+
+        This is one upstream subscription: use :class:`fusion.helper.pubsub.FusionPubSub`
+        to share it between many local subscribers. The iterator ends (or raises
+        StoreUnavailableError) when the backend connection is lost.
+        """
+
+    @abstractmethod
+    async def history(self, channel: str, after_id: str | None = None) -> list[StoreMessage]:
+        """Messages kept for ``channel`` with an id greater than ``after_id`` (all when None),
+        oldest first."""
+
+    # -- locks and life cycle ------------------------------------------------
+    @abstractmethod
+    def lock(
+        self, name: str, *, timeout: float = 30.0, blocking_timeout: float | None = None
+    ) -> AbstractAsyncContextManager[None]:
+        """Exclusive lock across replicas; held at most ``timeout`` seconds.
+
+        Raises TimeoutError when not acquired within ``blocking_timeout``.
+        """
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreUnavailableError when the backend does not answer."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""
+
+
+def create_store(url: str = "memory://") -> SharedStore:
+    """Build the store named by ``url`` (``memory://``, ``redis://``, ``rediss://``)."""
+    scheme = url.partition("://")[0].lower()
+    if scheme == "memory":
+        from fusion.helper._store_memory import MemoryStore
+
+        return MemoryStore(url)
+    if scheme in ("redis", "rediss", "unix"):
+        try:
+            from fusion.helper._store_redis import RedisStore
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ValueError(
+                f"shared store {url!r} needs redis: pip install 'fusion-helper[redis]'"
+            ) from exc
+        return RedisStore(url)
+    raise ValueError(f"unsupported shared store URL {url!r}: use memory:// or redis://host:port/db")

@@ -1,0 +1,70 @@
+"""The authentication backend interface shared by basic, LDAP and OIDC."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import msgspec
+
+from fusion.concept import AuthInfo, Identity
+
+__all__ = [
+    "BackendUnavailableError",
+    "FusionAuthBackend",
+    "FusionAuthBackendConfig",
+    "LoginBodyError",
+]
+
+
+class BackendUnavailableError(Exception):
+    """The directory or identity provider cannot be reached: the API answers 503."""
+
+
+class LoginBodyError(ValueError):
+    """The login body is not what the backend expects: the API answers 400 with this message."""
+
+
+class FusionAuthBackendConfig(msgspec.Struct, kw_only=True, tag_field="type", forbid_unknown_fields=True):
+    """Base of backend configurations: a tagged Struct (``type: basic|ldap|oidc``).
+
+    Each subclass sets ``tag="<type>"`` and builds its backend.
+    """
+
+    def build(self) -> FusionAuthBackend:
+        raise NotImplementedError
+
+
+class FusionAuthBackend(ABC):
+    """Turns login bodies (and optionally Bearer tokens) into identities.
+
+    ``login`` returns None when the credentials are refused (wrong password,
+    unknown user, not in an allowed group): the API then answers 400 and
+    counts a failure. It raises :class:`LoginBodyError` for a malformed body
+    and :class:`BackendUnavailableError` when the backend is unreachable.
+    """
+
+    type: ClassVar[str]
+
+    async def startup(self) -> None:
+        """Open connections, fetch discovery documents... (called once on app start)."""
+
+    async def shutdown(self) -> None:
+        """Release what startup opened."""
+
+    @abstractmethod
+    async def login(self, data: dict[str, Any]) -> Identity | None:
+        """Authenticate the ``data`` object of a login body."""
+
+    async def authenticate_bearer(self, token: str) -> Identity | None:
+        """Identity of a valid ``Authorization: Bearer`` token; None when refused or unsupported."""
+        return None
+
+    def login_username(self, data: dict[str, Any]) -> str | None:
+        """Username a login body claims, used to throttle failures per username."""
+        username = data.get("username")
+        return username if isinstance(username, str) else None
+
+    @abstractmethod
+    def info(self) -> AuthInfo:
+        """What ``GET /api/auth/config`` reports: never anything secret."""

@@ -1,0 +1,1 @@
+"""Launchers of the real services the test suite and the benchmarks need."""
