@@ -34,6 +34,17 @@ class FusionAuthBackendConfig(msgspec.Struct, kw_only=True, tag_field="type", fo
     def build(self) -> FusionAuthBackend:
         raise NotImplementedError
 
+    @classmethod
+    def for_type(cls, type_: str) -> type[FusionAuthBackendConfig] | None:
+        """The imported config subclass whose tag is ``type_`` (None when unknown)."""
+        pending: list[type[FusionAuthBackendConfig]] = list(cls.__subclasses__())
+        while pending:
+            candidate = pending.pop()
+            if candidate.__struct_config__.tag == type_:
+                return candidate
+            pending.extend(candidate.__subclasses__())
+        return None
+
 
 class FusionAuthBackend(ABC):
     """Turns login bodies (and optionally Bearer tokens) into identities.
