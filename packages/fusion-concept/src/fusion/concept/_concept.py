@@ -103,6 +103,7 @@ class Concept(msgspec.Struct, kw_only=True):
     def from_filepath(cls, filepath: Path | str) -> Self:
         """Read a ``.json``, ``.yaml``/``.yml`` or ``.toml`` file."""
         filepath = Path(filepath)
+        _check_suffix(filepath)
         try:
             raw = filepath.read_bytes()
         except OSError as exc:
@@ -138,6 +139,16 @@ class Concept(msgspec.Struct, kw_only=True):
         for key in changes:
             setattr(self, key, getattr(validated, key))
         self._after_update()
+
+
+_SUFFIXES = frozenset({".json", ".yaml", ".yml", ".toml"})
+
+
+def _check_suffix(filepath: Path) -> None:
+    if filepath.suffix.lower() not in _SUFFIXES:
+        raise ConceptError(
+            f"unsupported file type {filepath.suffix!r} for {filepath} (json, yaml, yml, toml)"
+        )
 
 
 def _encode_for_suffix(filepath: Path, data: dict[str, Any]) -> bytes:
