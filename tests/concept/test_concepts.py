@@ -147,7 +147,8 @@ class TestCaseUpdateRules:
         assert case.acs == set()
         assert case.tsid == "TS-1"
         assert case.description == "mail campaign"
-        assert case.updated is not None and case.updated >= before
+        assert case.updated is not None
+        assert case.updated >= before
 
     def test_closed_case_that_stays_closed_cannot_be_updated(self) -> None:
         case = self.make()
@@ -318,7 +319,7 @@ def test_file_round_trip(tmp_path: Path, suffix: str) -> None:
 
 
 def test_file_errors_are_clear(tmp_path: Path) -> None:
-    with pytest.raises(ConceptError, match="unsupported file type '.ini'"):
+    with pytest.raises(ConceptError, match=r"unsupported file type '\.ini'"):
         Constant.from_filepath(tmp_path / "constant.ini")
     with pytest.raises(ConceptError, match="cannot read"):
         Constant.from_filepath(tmp_path / "missing.yml")

@@ -32,16 +32,23 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _venv(path: Path) -> Path:
-    subprocess.run(
-        [_uv(), "venv", "--quiet", "--python", sys.executable, str(path)], check=True
-    )
+    subprocess.run([_uv(), "venv", "--quiet", "--python", sys.executable, str(path)], check=True)
     return path / "bin" / "python"
 
 
 def _install(python: Path, wheels: Path, *requirements: str) -> set[str]:
     subprocess.run(
-        [_uv(), "pip", "install", "--quiet", "--python", str(python), "--find-links",
-         str(wheels), *requirements],
+        [
+            _uv(),
+            "pip",
+            "install",
+            "--quiet",
+            "--python",
+            str(python),
+            "--find-links",
+            str(wheels),
+            *requirements,
+        ],
         check=True,
     )
     listing = subprocess.run(

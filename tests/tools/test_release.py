@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def load_release() -> ModuleType:
     spec = importlib.util.spec_from_file_location("fusion_release", ROOT / "tools" / "release.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["fusion_release"] = module
     spec.loader.exec_module(module)
@@ -81,7 +82,7 @@ def test_bump_refuses_without_entries(repo: Path) -> None:
 
 def test_check_tag(repo: Path) -> None:
     assert release.check_tag("fusion-helper-v1.2.3", root=repo) == "fusion-helper"
-    with pytest.raises(release.ReleaseError, match="says 1.2.4"):
+    with pytest.raises(release.ReleaseError, match=r"says 1\.2\.4"):
         release.check_tag("fusion-helper-v1.2.4", root=repo)
     with pytest.raises(release.ReleaseError, match="not <package>"):
         release.check_tag("fusion-other-v1.0.0", root=repo)

@@ -193,9 +193,7 @@ def main(argv: list[str]) -> int:
             "encode 1000 cases",
             best_of(lambda: Case.to_json_many(concept_many), n_many, repeat),
             best_of(lambda: encoder.encode(struct_many), n_many, repeat),
-            best_of(
-                lambda: json.dumps([c.to_dict() for c in dc_many]).encode(), n_many, repeat
-            ),
+            best_of(lambda: json.dumps([c.to_dict() for c in dc_many]).encode(), n_many, repeat),
         ),
         (
             "decode 1000 cases",
@@ -208,21 +206,26 @@ def main(argv: list[str]) -> int:
             ),
         ),
     ]
-    print(f"{'operation':<20}{'concept us':>12}{'raw us':>10}{'dataclass us':>14}"
-          f"{'concept/raw':>13}{'dataclass/concept':>19}")
+    print(
+        f"{'operation':<20}{'concept us':>12}{'raw us':>10}{'dataclass us':>14}"
+        f"{'concept/raw':>13}{'dataclass/concept':>19}"
+    )
     failures = []
     for name, concept_t, raw_t, dc_t in rows:
         overhead = concept_t / raw_t
         speedup = dc_t / concept_t
-        print(f"{name:<20}{concept_t:>12.2f}{raw_t:>10.2f}{dc_t:>14.2f}"
-              f"{overhead:>12.2f}x{speedup:>18.1f}x")
+        print(
+            f"{name:<20}{concept_t:>12.2f}{raw_t:>10.2f}{dc_t:>14.2f}"
+            f"{overhead:>12.2f}x{speedup:>18.1f}x"
+        )
         target = 10.0 if name.startswith("encode") else 4.0
         if overhead > 1.3:
             failures.append(f"{name}: concept/raw {overhead:.2f}x > 1.3x")
         if speedup < target:
             failures.append(f"{name}: dataclass/concept {speedup:.1f}x < {target:.0f}x")
-    print("geometric mean concept/raw: "
-          f"{statistics.geometric_mean([r[1] / r[2] for r in rows]):.2f}x")
+    print(
+        f"geometric mean concept/raw: {statistics.geometric_mean([r[1] / r[2] for r in rows]):.2f}x"
+    )
     if failures:
         print("MISSED TARGETS: " + "; ".join(failures))
         return 1

@@ -164,7 +164,9 @@ def _encode_for_suffix(filepath: Path, data: dict[str, Any]) -> bytes:
         try:
             return msgspec.toml.encode(_drop_none(data))
         except ImportError as exc:
-            raise ConceptError("writing TOML needs tomli-w: pip install fusion-concept[toml]") from exc
+            raise ConceptError(
+                "writing TOML needs tomli-w: pip install fusion-concept[toml]"
+            ) from exc
     raise ConceptError(f"unsupported file type {suffix!r} for {filepath} (json, yaml, yml, toml)")
 
 

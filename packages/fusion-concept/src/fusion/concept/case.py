@@ -45,7 +45,7 @@ class Case(Concept, kw_only=True):
     def _check_update(self, dct: dict[str, Any]) -> None:
         if self.closed is not None and dct.get("closed", self.closed) is not None:
             raise ConceptError(
-                f"case {self.guid} is closed: reopen it with \"closed\": null to update it"
+                f'case {self.guid} is closed: reopen it with "closed": null to update it'
             )
 
     def _after_update(self) -> None:

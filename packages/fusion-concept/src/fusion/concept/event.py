@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import msgspec
 
@@ -12,6 +12,11 @@ from fusion.concept.case import Case
 __all__ = ["CaseT", "Event"]
 
 CaseT = TypeVar("CaseT", bound=Case)
+
+
+def _event_type(case_type: type[Case]) -> Any:
+    # Event parametrised at run time by the service's Case subclass.
+    return cast(Any, Event)[case_type]
 
 
 class Event(Concept, Generic[CaseT], kw_only=True):
@@ -28,19 +33,15 @@ class Event(Concept, Generic[CaseT], kw_only=True):
     ext: dict[str, Any] | None = None
 
     @classmethod
-    def from_json(  # type: ignore[override]
-        cls, data: bytes | str, case_type: type[Case] = Case
-    ) -> Event[Any]:
+    def from_json(cls, data: bytes | str, case_type: type[Case] = Case) -> Event[Any]:
         try:
-            return json_decoder(Event[case_type]).decode(data)  # type: ignore[valid-type,no-any-return]
+            return json_decoder(_event_type(case_type)).decode(data)  # type: ignore[no-any-return]
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise ConceptError(f"invalid Event: {exc}") from exc
 
     @classmethod
-    def from_dict(  # type: ignore[override]
-        cls, dct: Any, case_type: type[Case] = Case
-    ) -> Event[Any]:
+    def from_dict(cls, dct: Any, case_type: type[Case] = Case) -> Event[Any]:
         try:
-            return msgspec.convert(dct, Event[case_type])  # type: ignore[valid-type]
+            return msgspec.convert(dct, _event_type(case_type))  # type: ignore[no-any-return]
         except msgspec.ValidationError as exc:
             raise ConceptError(f"invalid Event: {exc}") from exc

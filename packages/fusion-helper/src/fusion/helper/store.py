@@ -114,7 +114,9 @@ class SharedStore(ABC):
         """
 
     @abstractmethod
-    def subscribe(self, *channels: str) -> AbstractAsyncContextManager[AsyncIterator[tuple[str, StoreMessage]]]:
+    def subscribe(
+        self, *channels: str
+    ) -> AbstractAsyncContextManager[AsyncIterator[tuple[str, StoreMessage]]]:
         """Raw upstream subscription yielding ``(channel, message)``.
 
         This is one upstream subscription: use :class:`fusion.helper.pubsub.FusionPubSub`

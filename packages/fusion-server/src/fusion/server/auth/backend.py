@@ -25,7 +25,9 @@ class LoginBodyError(ValueError):
     """The login body is not what the backend expects: the API answers 400 with this message."""
 
 
-class FusionAuthBackendConfig(msgspec.Struct, kw_only=True, tag_field="type", forbid_unknown_fields=True):
+class FusionAuthBackendConfig(
+    msgspec.Struct, kw_only=True, tag_field="type", forbid_unknown_fields=True
+):
     """Base of backend configurations: a tagged Struct (``type: basic|ldap|oidc``).
 
     Each subclass sets ``tag="<type>"`` and builds its backend.
