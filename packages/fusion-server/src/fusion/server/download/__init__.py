@@ -1,0 +1,17 @@
+"""One-time downloads of server-side files."""
+
+from fusion.server.download.api import (
+    DOWNLOADS,
+    DownloadRootError,
+    FusionDownloadAPI,
+    TooManyPendingDownloadsError,
+)
+from fusion.server.download.config import FusionDownloadConfig
+
+__all__ = [
+    "DOWNLOADS",
+    "DownloadRootError",
+    "FusionDownloadAPI",
+    "FusionDownloadConfig",
+    "TooManyPendingDownloadsError",
+]
