@@ -1,0 +1,343 @@
+"""FusionClient: one aiohttp session to one Fusion service."""
+
+from __future__ import annotations
+
+import json as _stdlib_json
+import logging
+import os
+import ssl
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from http.cookies import SimpleCookie
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar, overload
+
+import aiohttp
+import msgspec
+from yarl import URL
+
+from fusion.client.__about__ import __version__
+from fusion.client.config import FusionClientConfig
+from fusion.client.errors import FusionAPIError, FusionConnectionError
+
+__all__ = ["USER_AGENT", "FusionClient"]
+
+_LOGGER = logging.getLogger("fusion.client")
+
+USER_AGENT = f"fusion-client/{__version__}"
+API_TOKEN_HEADER = "X-Fusion-API-Token"  # noqa: S105 (a header name)
+
+T = TypeVar("T")
+
+
+class _Envelope(msgspec.Struct, Generic[T]):
+    # Unknown keys are ignored by msgspec, so servers may add to the envelope.
+    status: int = 0
+    data: T | None = None
+    count: int | None = None
+    message: str | None = None
+
+
+class _ErrorEnvelope(msgspec.Struct):
+    message: str | None = None
+
+
+_ENCODER = msgspec.json.Encoder()
+_ERROR_DECODER = msgspec.json.Decoder(_ErrorEnvelope)
+_ENVELOPE_DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def _envelope_decoder(data_type: Any) -> msgspec.json.Decoder[Any]:
+    try:
+        return _ENVELOPE_DECODERS[data_type]
+    except KeyError:
+        decoder = _ENVELOPE_DECODERS[data_type] = msgspec.json.Decoder(_Envelope[data_type])
+        return decoder
+
+
+# Errors that mean "the server could not be talked to", as opposed to an answer.
+_CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
+
+
+def connection_error(exc: BaseException, url: URL | str) -> FusionConnectionError:
+    """A one-line FusionConnectionError describing ``exc``."""
+    if isinstance(exc, aiohttp.ServerFingerprintMismatch):
+        reason = "server certificate does not match the pinned fingerprint"
+    elif isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        reason = f"server certificate refused: {exc.certificate_error}"
+    elif isinstance(exc, aiohttp.ClientSSLError):
+        reason = f"TLS error: {exc}"
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        reason = f"cannot connect: {exc.strerror or exc}"
+    elif isinstance(exc, TimeoutError):
+        reason = "timed out"
+    elif isinstance(exc, aiohttp.ServerDisconnectedError):
+        reason = "server closed the connection"
+    else:
+        reason = str(exc) or type(exc).__name__
+    return FusionConnectionError(f"{url}: {reason}")
+
+
+def error_message(status: int, body: bytes, reason: str | None) -> str:
+    """The server's reason for an error answer: envelope message, plain text, or HTTP reason."""
+    try:
+        message = _ERROR_DECODER.decode(body).message
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        # Older servers answer some 401/403 as plain text; keep a short first line.
+        text = body.decode("utf-8", errors="replace").strip()
+        message = text.splitlines()[0][:200] if text else None
+    return message or reason or f"HTTP {status}"
+
+
+def _ssl_setting(config: FusionClientConfig) -> bool | ssl.SSLContext | aiohttp.Fingerprint:
+    settings = config.ssl
+    if settings.fingerprint is not None:
+        return aiohttp.Fingerprint(bytes.fromhex(settings.fingerprint.replace(":", "")))
+    if not settings.verify:
+        return False
+    if settings.cafile is not None:
+        try:
+            return ssl.create_default_context(cafile=settings.cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise FusionConnectionError(f"cannot load CA file {settings.cafile}: {exc}") from exc
+    return True
+
+
+class FusionClient:
+    """One ``aiohttp.ClientSession`` to one Fusion service.
+
+    Use it as an async context manager, then hand it to the API classes
+    (:class:`~fusion.client.FusionCaseAPIClient`, ...)::
+
+        async with FusionClient(FusionClientConfig(api_url="https://svc:8443")) as client:
+            info = await FusionInfoAPIClient(client).info()
+    """
+
+    def __init__(self, config: FusionClientConfig) -> None:
+        self.config = config
+        self.base_url = URL(config.api_url.rstrip("/") + "/")
+        self._ssl = _ssl_setting(config)
+        self._session: aiohttp.ClientSession | None = None
+        self._cookie_jar = aiohttp.CookieJar(unsafe=True)
+        proxy = config.proxy
+        self._proxy_kwargs: dict[str, Any] = {}
+        if proxy is not None:
+            self._proxy_kwargs["proxy"] = proxy.url
+            if proxy.username is not None:
+                self._proxy_kwargs["proxy_auth"] = aiohttp.BasicAuth(
+                    proxy.username, proxy.password or ""
+                )
+            if proxy.headers:
+                self._proxy_kwargs["proxy_headers"] = proxy.headers
+
+    # -- lifecycle --------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Create the session (and load the cookie jar file, if configured)."""
+        if self._session is not None:
+            return
+        if self.config.cookie_jar is not None:
+            self._load_cookies(Path(self.config.cookie_jar))
+        timeout = self.config.timeout
+        self._session = aiohttp.ClientSession(
+            headers={"User-Agent": USER_AGENT},
+            cookie_jar=self._cookie_jar,
+            trust_env=self.config.trust_env,
+            timeout=aiohttp.ClientTimeout(
+                total=timeout.total, connect=timeout.connect, sock_read=timeout.sock_read
+            ),
+        )
+
+    async def close(self) -> None:
+        """Close the session (and save the cookie jar file, if configured)."""
+        if self._session is None:
+            return
+        session, self._session = self._session, None
+        try:
+            if self.config.cookie_jar is not None:
+                self.save_cookies(Path(self.config.cookie_jar))
+        finally:
+            await session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("FusionClient is not open: use 'async with FusionClient(...)'")
+        return self._session
+
+    # -- cookies ----------------------------------------------------------
+    def _load_cookies(self, path: Path) -> None:
+        try:
+            stored = _stdlib_json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            _LOGGER.warning("ignoring unreadable cookie file %s: %s", path, exc)
+            return
+        # A cookie file belongs to one server: never replay it to another one.
+        if not isinstance(stored, dict) or stored.get("api_url") != str(self.base_url):
+            return
+        cookies: SimpleCookie = SimpleCookie()
+        for item in stored.get("cookies", []):
+            if isinstance(item, dict) and isinstance(item.get("name"), str):
+                cookies[item["name"]] = str(item.get("value", ""))
+                cookies[item["name"]]["path"] = str(item.get("path") or "/")
+        self._cookie_jar.update_cookies(cookies, response_url=self.base_url)
+
+    def save_cookies(self, path: Path) -> None:
+        """Write this server's cookies to ``path`` (mode 0600, atomically)."""
+        cookies = [
+            {"name": morsel.key, "value": morsel.value, "path": morsel["path"] or "/"}
+            for morsel in self._cookie_jar.filter_cookies(self.base_url).values()
+        ]
+        payload = _stdlib_json.dumps({"api_url": str(self.base_url), "cookies": cookies})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=".cookies-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as tmp:
+                tmp.write(payload)
+            os.chmod(tmp_name, 0o600)
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+
+    def clear_cookies(self) -> None:
+        self._cookie_jar.clear()
+
+    # -- requests ---------------------------------------------------------
+    def url(self, path: str) -> URL:
+        """Absolute URL of an API path (``/api/...``) under the base URL."""
+        return self.base_url.join(URL(path.lstrip("/")))
+
+    def _headers(self, extra: Mapping[str, str] | None, with_api_key: bool) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if with_api_key and self.config.api_key:
+            headers[API_TOKEN_HEADER] = self.config.api_key
+        if extra:
+            headers.update(extra)
+        return headers
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        url: URL | str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        with_api_key: bool = True,
+        sock_read: float | bool | None = True,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Open a streamed response (downloads, events), without the total timeout.
+
+        Answers >= 400 raise :class:`FusionAPIError`; connection failures
+        raise :class:`FusionConnectionError`. ``sock_read=True`` keeps the
+        configured read timeout; a number or ``None`` replaces it.
+        """
+        target = url if isinstance(url, URL) else URL(url)
+        timeout = self.config.timeout
+        read = timeout.sock_read if sock_read is True else sock_read
+        try:
+            async with self.session.request(
+                method,
+                target,
+                headers=self._headers(headers, with_api_key),
+                ssl=self._ssl,
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=timeout.connect, sock_read=read or None
+                ),
+                **self._proxy_kwargs,
+            ) as response:
+                if response.status >= 400:
+                    body = await response.read()
+                    raise FusionAPIError(
+                        response.status, error_message(response.status, body, response.reason)
+                    )
+                yield response
+        except _CONNECTION_ERRORS as exc:
+            raise connection_error(exc, target) from exc
+
+    @overload
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        concept_type: type[T],
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> T: ...
+
+    @overload
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        concept_type: None = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any: ...
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        concept_type: Any = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Call ``method path`` and return the envelope's ``data``.
+
+        With ``concept_type`` the data is validated into that type straight
+        from the response bytes (a Concept subclass, or ``list[Case]``...);
+        without it, the data comes back as builtins (``None`` when absent).
+        ``json`` (a Concept, a dict, ...) is sent as the JSON body.
+        """
+        url = self.url(path)
+        request_headers = self._headers(headers, with_api_key=True)
+        body: bytes | None = None
+        if json is not None:
+            body = _ENCODER.encode(json)
+            request_headers["Content-Type"] = "application/json"
+        try:
+            async with self.session.request(
+                method,
+                url,
+                data=body,
+                params=params,
+                headers=request_headers,
+                ssl=self._ssl,
+                **self._proxy_kwargs,
+            ) as response:
+                raw = await response.read()
+                status = response.status
+                reason = response.reason
+        except _CONNECTION_ERRORS as exc:
+            raise connection_error(exc, url) from exc
+        if status >= 400:
+            raise FusionAPIError(status, error_message(status, raw, reason))
+        try:
+            envelope = _envelope_decoder(concept_type or Any).decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise FusionAPIError(status, f"invalid response from {method} {path}: {exc}") from exc
+        if concept_type is not None and envelope.data is None:
+            raise FusionAPIError(status, f"invalid response from {method} {path}: no data")
+        return envelope.data

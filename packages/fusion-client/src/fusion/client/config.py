@@ -1,0 +1,80 @@
+"""Client configuration: where the server is, how to trust it, how long to wait."""
+
+from __future__ import annotations
+
+import msgspec
+from yarl import URL
+
+from fusion.concept import Concept, ConceptError
+
+__all__ = [
+    "FusionClientConfig",
+    "FusionClientProxyConfig",
+    "FusionClientSSLConfig",
+    "FusionClientTimeoutConfig",
+]
+
+
+class FusionClientSSLConfig(Concept, kw_only=True, forbid_unknown_fields=True):
+    """How the server's certificate is checked.
+
+    ``fingerprint`` (hex SHA-256 of the DER certificate, colons allowed) pins
+    one certificate and replaces CA verification; ``cafile`` trusts a private
+    CA; ``verify=False`` checks nothing (tests, labs).
+    """
+
+    verify: bool = True
+    cafile: str | None = None
+    fingerprint: str | None = None
+
+
+class FusionClientProxyConfig(Concept, kw_only=True, forbid_unknown_fields=True):
+    """An HTTP proxy, with optional basic credentials and extra headers."""
+
+    url: str
+    username: str | None = None
+    password: str | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class FusionClientTimeoutConfig(Concept, kw_only=True, forbid_unknown_fields=True):
+    """Timeouts in seconds (``None``: no limit).
+
+    ``total`` bounds a whole API call; downloads and event streams ignore it
+    (they last as long as the data flows) and rely on ``sock_read``.
+    """
+
+    total: float | None = 300.0
+    connect: float | None = 10.0
+    sock_read: float | None = 60.0
+
+
+class FusionClientConfig(Concept, kw_only=True, forbid_unknown_fields=True):
+    """Everything :class:`~fusion.client.FusionClient` needs.
+
+    ``api_url`` is the service's base URL (``https://host:port``, optionally
+    with a path prefix). ``api_key`` is sent as ``X-Fusion-API-Token`` (robot
+    clients). ``cookie_jar`` is a file where the session cookie is kept
+    between runs (read on open, written on close, mode 0600).
+    """
+
+    api_url: str
+    api_key: str | None = None
+    ssl: FusionClientSSLConfig = msgspec.field(default_factory=FusionClientSSLConfig)
+    proxy: FusionClientProxyConfig | None = None
+    trust_env: bool = False
+    timeout: FusionClientTimeoutConfig = msgspec.field(default_factory=FusionClientTimeoutConfig)
+    cookie_jar: str | None = None
+
+    def __post_init__(self) -> None:
+        url = URL(self.api_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConceptError(
+                f"invalid api_url {self.api_url!r}: expected http(s)://host[:port][/prefix]"
+            )
+        if self.ssl.fingerprint is not None:
+            digest = self.ssl.fingerprint.replace(":", "").lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ConceptError(
+                    "invalid ssl.fingerprint: expected the hex SHA-256 of the certificate"
+                )

@@ -1,0 +1,122 @@
+"""One-time downloads: stream a server file to disk, atomically."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from urllib.parse import quote
+
+from yarl import URL
+
+from fusion.client.client import FusionClient
+from fusion.client.errors import FusionClientError, FusionConnectionError
+from fusion.concept import PendingDownloadKey
+
+__all__ = ["FusionDownloadAPIClient", "ProgressCallback", "safe_filename"]
+
+ProgressCallback = Callable[[int, int | None], None]
+"""Called as ``progress(received_bytes, total_bytes_or_None)`` while a download runs."""
+
+_CHUNK_SIZE = 256 * 1024
+# Characters that are path separators, or invalid in file names on common systems.
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"|?*]')
+_MAX_NAME_BYTES = 255
+
+
+def safe_filename(name: str | None, fallback: str) -> str:
+    """A file name from an untrusted server, safe to create inside a directory.
+
+    Keeps only the last path component (``/`` or ``\\``), drops control and
+    reserved characters and leading dots, and falls back to ``fallback``
+    when nothing usable remains.
+    """
+    if name:
+        name = name.replace("\\", "/").rsplit("/", 1)[-1]
+        name = _UNSAFE.sub("_", name).strip().lstrip(".").strip()
+        while len(name.encode("utf-8")) > _MAX_NAME_BYTES:
+            name = name[:-1]
+    if not name:
+        return fallback
+    return name
+
+
+class FusionDownloadAPIClient:
+    """``/api/download/{guid}/{token}``: fetch a file prepared by the server.
+
+    The key is the credential: no API key or session is sent with the fetch.
+    """
+
+    def __init__(self, client: FusionClient) -> None:
+        self.client = client
+
+    def url_for(self, key_or_url: PendingDownloadKey | str) -> URL:
+        """The download URL of a key, an API path, or an absolute URL."""
+        if isinstance(key_or_url, PendingDownloadKey):
+            token = quote(key_or_url.token, safe="")
+            return self.client.url(f"/api/download/{key_or_url.guid}/{token}")
+        url = URL(key_or_url)
+        if url.is_absolute():
+            if url.scheme not in ("http", "https"):
+                raise ValueError(f"invalid download URL {key_or_url!r}: expected http(s)")
+            return url
+        if not key_or_url.startswith("/"):
+            raise ValueError(
+                f"invalid download key {key_or_url!r}: expected a URL or /api/download/GUID/TOKEN"
+            )
+        return self.client.url(key_or_url)
+
+    async def download(
+        self,
+        key_or_url: PendingDownloadKey | str,
+        destination: Path | str,
+        *,
+        progress: ProgressCallback | None = None,
+        max_size: int | None = None,
+    ) -> Path:
+        """Stream the file to ``destination`` and return the path written.
+
+        When ``destination`` is an existing directory, the file takes the
+        server's Content-Disposition name (sanitised, see :func:`safe_filename`)
+        inside it; otherwise ``destination`` is the file path. The data goes
+        to a temporary file in the same directory, renamed into place only
+        when complete, so a failed download never leaves a partial file.
+        ``max_size`` (bytes) aborts larger downloads.
+        """
+        from fusion.helper.streaming import SizeLimitError, stream_to_file
+
+        url = self.url_for(key_or_url)
+        destination = Path(destination)
+        into_directory = await asyncio.to_thread(destination.is_dir)
+        async with self.client.stream("GET", url, with_api_key=False) as response:
+            total = response.content_length
+            if max_size is not None and total is not None and total > max_size:
+                raise FusionClientError(f"download is {total} bytes, more than {max_size}")
+            if into_directory:
+                disposition = response.content_disposition
+                name = disposition.filename if disposition is not None else None
+                target = destination / safe_filename(name, fallback=url.name or "download")
+            else:
+                target = destination
+
+            async def counted() -> AsyncIterator[bytes]:
+                received = 0
+                if progress is not None:
+                    progress(0, total)
+                async for chunk in response.content.iter_chunked(_CHUNK_SIZE):
+                    received += len(chunk)
+                    if progress is not None:
+                        progress(received, total)
+                    yield chunk
+                # Raised before stream_to_file renames, so a short file never lands.
+                if total is not None and received != total:
+                    raise FusionConnectionError(
+                        f"{url}: download truncated at {received} of {total} bytes"
+                    )
+
+            try:
+                await stream_to_file(counted(), target, max_size=max_size)
+            except SizeLimitError:
+                raise FusionClientError(f"download exceeds {max_size} bytes") from None
+        return target
