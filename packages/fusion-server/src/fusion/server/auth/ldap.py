@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
+import ssl
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import msgspec
 
 from fusion.concept import AuthInfo, Identity
-from fusion.server.auth.backend import FusionAuthBackend, FusionAuthBackendConfig
+from fusion.server.auth.backend import (
+    BackendUnavailableError,
+    FusionAuthBackend,
+    FusionAuthBackendConfig,
+    LoginBodyError,
+)
 
 __all__ = ["LDAPBackend", "LDAPBackendConfig"]
 
@@ -33,6 +42,7 @@ class LDAPBackendConfig(FusionAuthBackendConfig, tag="ldap", kw_only=True):
     """Certificate validation (ssl.CERT_REQUIRED by default)."""
     connect_timeout: float = 5.0
     receive_timeout: float = 10.0
+    """Wait for one answer of the directory at most this long (rounded up to whole seconds)."""
     mode: Literal["search", "direct"] = "search"
     """search: a service account finds the user's DN; direct: ``user_dn_template``."""
     bind_dn: str | None = None
@@ -58,20 +68,348 @@ class LDAPBackendConfig(FusionAuthBackendConfig, tag="ldap", kw_only=True):
     allowed_groups: list[str] = msgspec.field(default_factory=list)
     """When not empty, only members of one of these groups may log in."""
 
+    def __post_init__(self) -> None:
+        # Raised at decode time, so the config loader names the bad key.
+        if not self.url.startswith(("ldap://", "ldaps://")) or self.url.endswith("/"):
+            raise ValueError("url must be ldap://host[:port] or ldaps://host[:port], no path")
+        if self.start_tls and self.url.startswith("ldaps://"):
+            raise ValueError("start_tls applies to ldap:// urls, ldaps:// is already TLS")
+        if self.mode == "search":
+            if not self.user_base:
+                raise ValueError("mode search needs user_base")
+            if "{username}" not in self.user_filter:
+                raise ValueError("user_filter must contain {username}")
+            _check_filter_template(self.user_filter, "user_filter", username="x")
+        elif not self.user_dn_template or "{username}" not in self.user_dn_template:
+            raise ValueError("mode direct needs user_dn_template containing {username}")
+        if (self.bind_dn is None) != (self.bind_password is None):
+            raise ValueError("bind_dn and bind_password go together")
+        if self.bind_password == "":
+            raise ValueError("bind_password is empty (an empty password is an anonymous bind)")
+        if self.group_source == "search":
+            if not self.group_base:
+                raise ValueError("group_source search needs group_base")
+            _check_filter_template(self.group_filter, "group_filter", dn="x", username="x")
+        if self.allowed_groups and self.group_source == "none":
+            raise ValueError("allowed_groups needs a group_source")
+        if self.connect_timeout <= 0 or self.receive_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+
     def build(self) -> LDAPBackend:
         return LDAPBackend(self)
 
 
+def _check_filter_template(template: str, name: str, **values: str) -> None:
+    try:
+        filled = template.format(**values)
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(f"{name}: bad placeholder {error}") from None
+    if not (filled.startswith("(") and filled.endswith(")")):
+        raise ValueError(f"{name} must be an LDAP filter in parentheses")
+
+
+_SCOPES = {"subtree": "SUBTREE", "level": "LEVEL", "base": "BASE"}
+_TLS_VALIDATION = {
+    "required": ssl.CERT_REQUIRED,
+    "optional": ssl.CERT_OPTIONAL,
+    "none": ssl.CERT_NONE,
+}
+
+
 class LDAPBackend(FusionAuthBackend):
-    """Search-then-bind or direct bind against a directory."""
+    """Search-then-bind or direct bind against a directory.
+
+    Every ldap3 call is blocking: it runs on a small thread pool of the
+    backend's own, so a slow directory never blocks the event loop nor
+    starves the default executor that other parts of the server use.
+    Connections are opened per login (the user bind always on a fresh one),
+    so no connection is shared between threads.
+    """
 
     type = "ldap"
 
-    def __init__(self, config: LDAPBackendConfig) -> None:
+    def __init__(self, config: LDAPBackendConfig, *, max_workers: int = 4) -> None:
         self.config = config
+        self._max_workers = max_workers
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def startup(self) -> None:
+        self._ensure_ready()
+
+    async def shutdown(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    def _ensure_ready(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            _import_ldap3()
+            self._executor = ThreadPoolExecutor(self._max_workers, thread_name_prefix="fusion-ldap")
+        return self._executor
+
+    def _make_server(self) -> Any:
+        # A new Server per connection: ldap3 marks an address unavailable after
+        # one failure and a shared Server would refuse it after the directory
+        # is back.
+        import ldap3
+
+        config = self.config
+        tls = None
+        if config.start_tls or config.url.startswith("ldaps://"):
+            tls = ldap3.Tls(
+                validate=_TLS_VALIDATION[config.tls_verify],
+                ca_certs_file=config.ca_file,
+            )
+        return ldap3.Server(
+            config.url,
+            use_ssl=config.url.startswith("ldaps://"),
+            tls=tls,
+            connect_timeout=config.connect_timeout,
+            get_info=ldap3.NONE,
+        )
+
+    def login_username(self, data: dict[str, Any]) -> str | None:
+        username = data.get("username")
+        return username if isinstance(username, str) else None
 
     async def login(self, data: dict[str, Any]) -> Identity | None:
-        raise NotImplementedError
+        username = data.get("username")
+        password = data.get("password")
+        if not isinstance(username, str) or not isinstance(password, str):
+            raise LoginBodyError('ldap login needs {"username": str, "password": str}')
+        # An empty password is an anonymous (unauthenticated) bind that many
+        # directories accept: refuse it before talking to the directory.
+        if not username or not password or "\x00" in username:
+            return None
+        executor = self._ensure_ready()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, self._login_blocking, username, password)
 
     def info(self) -> AuthInfo:
-        return AuthInfo(type=self.type, parameters={})
+        return AuthInfo(type=self.type, parameters={"mode": self.config.mode})
+
+    # -- blocking part, run in the executor ------------------------------------
+
+    def _login_blocking(self, username: str, password: str) -> Identity | None:
+        from ldap3.core.exceptions import (
+            LDAPCommunicationError,
+            LDAPResponseTimeoutError,
+            LDAPStartTLSError,
+        )
+
+        try:
+            return self._authenticate(username, password)
+        except (LDAPCommunicationError, LDAPResponseTimeoutError, LDAPStartTLSError) as error:
+            raise BackendUnavailableError(
+                f"LDAP directory {self.config.url} unreachable: {error}"
+            ) from None
+
+    def _connection(self, user: str | None, password: str | None) -> Any:
+        import ldap3
+
+        connection = ldap3.Connection(
+            self._make_server(),
+            user=user,
+            password=password,
+            authentication=ldap3.SIMPLE if user is not None else ldap3.ANONYMOUS,
+            # ldap3 packs it into SO_RCVTIMEO as whole seconds: a float fails.
+            receive_timeout=math.ceil(self.config.receive_timeout),
+            raise_exceptions=False,
+            read_only=True,
+            auto_referrals=False,
+        )
+        connection.open()
+        if self.config.start_tls and not connection.start_tls():
+            connection.unbind()
+            raise BackendUnavailableError(f"LDAP directory {self.config.url}: StartTLS refused")
+        return connection
+
+    def _service_connection(self) -> Any:
+        config = self.config
+        connection = self._connection(config.bind_dn, config.bind_password)
+        if not connection.bind():
+            result = connection.result
+            connection.unbind()
+            raise BackendUnavailableError(
+                f"LDAP directory {config.url}: service account bind refused "
+                f"({result.get('description')})"
+            )
+        return connection
+
+    def _authenticate(self, username: str, password: str) -> Identity | None:
+        from ldap3.utils.conv import escape_filter_chars
+        from ldap3.utils.dn import escape_rdn
+
+        config = self.config
+        attributes = self._wanted_attributes()
+        service = None
+        try:
+            if config.mode == "search":
+                service = self._service_connection()
+                found = _search(
+                    service,
+                    config.user_base or "",
+                    config.user_filter.format(username=escape_filter_chars(username)),
+                    config.user_scope,
+                    attributes,
+                )
+                # Zero entries: unknown user. Several: an ambiguous filter,
+                # never guess which person is logging in.
+                if len(found) != 1:
+                    return None
+                user_dn, user_attributes = found[0]
+            else:
+                user_dn = (config.user_dn_template or "").format(username=escape_rdn(username))
+                user_attributes = {}
+            user = self._connection(user_dn, password)
+            try:
+                if not user.bind():
+                    return None
+                if config.mode == "direct" and attributes:
+                    own = _search(user, user_dn, "(objectClass=*)", "base", attributes)
+                    user_attributes = own[0][1] if own else {}
+                if config.group_source == "search" and service is None and config.bind_dn:
+                    service = self._service_connection()
+                groups = self._groups(service or user, user_dn, username, user_attributes)
+            finally:
+                user.unbind()
+        finally:
+            if service is not None:
+                service.unbind()
+        if config.allowed_groups and not groups.intersection(config.allowed_groups):
+            return None
+        name = username
+        if config.username_attribute:
+            values = user_attributes.get(config.username_attribute.lower()) or []
+            if not values:
+                return None
+            name = values[0]
+        return Identity(username=name, groups=groups)
+
+    def _wanted_attributes(self) -> list[str]:
+        config = self.config
+        wanted = []
+        if config.group_source == "member_of":
+            wanted.append(config.member_of_attribute)
+        if config.username_attribute:
+            wanted.append(config.username_attribute)
+        return wanted
+
+    def _groups(
+        self,
+        connection: Any,
+        user_dn: str,
+        username: str,
+        user_attributes: dict[str, list[str]],
+    ) -> set[str]:
+        from ldap3.utils.conv import escape_filter_chars
+
+        config = self.config
+        if config.group_source == "none":
+            return set()
+        if config.group_source == "member_of":
+            return {
+                name
+                for dn in user_attributes.get(config.member_of_attribute.lower(), [])
+                if (name := _first_rdn_value(dn))
+            }
+        group_filter = config.group_filter.format(
+            dn=escape_filter_chars(user_dn), username=escape_filter_chars(username)
+        )
+        groups = set()
+        for _, attributes in _search(
+            connection,
+            config.group_base or "",
+            group_filter,
+            config.group_scope,
+            [config.group_name_attribute],
+        ):
+            groups.update(attributes.get(config.group_name_attribute.lower(), [])[:1])
+        return groups
+
+
+def _import_ldap3() -> None:
+    try:
+        import ldap3  # noqa: F401
+    except ImportError as error:  # pragma: no cover - depends on the install
+        raise RuntimeError(
+            "the ldap backend needs ldap3: pip install 'fusion-server[ldap]'"
+        ) from error
+
+
+def _search(
+    connection: Any, base: str, search_filter: str, scope: str, attributes: list[str]
+) -> list[tuple[str, dict[str, list[str]]]]:
+    """Entries found as (dn, {lower-case attribute: [str values]}).
+
+    Read from the raw response: ldap3 lists every requested attribute even
+    when the entry does not have it.
+    """
+    import ldap3
+
+    ok = connection.search(
+        base,
+        search_filter,
+        search_scope=getattr(ldap3, _SCOPES[scope]),
+        attributes=attributes or [ldap3.NO_ATTRIBUTES],
+        size_limit=50,
+    )
+    result = connection.result or {}
+    if not ok and result.get("result") not in (0, 32):  # 32: noSuchObject
+        if result.get("result") == 4:  # sizeLimitExceeded: treat as ambiguous
+            return [("", {}), ("", {})]
+        raise _operation_error(connection, result)
+    entries = []
+    for entry in connection.response or []:
+        if entry.get("type") != "searchResEntry":
+            continue
+        raw: dict[str, list[bytes]] = entry.get("raw_attributes", {})
+        values = {
+            key.lower(): [value.decode("utf-8", errors="replace") for value in items]
+            for key, items in raw.items()
+            if items
+        }
+        entries.append((str(entry["dn"]), values))
+    return entries
+
+
+def _operation_error(connection: Any, result: dict[str, Any]) -> Exception:
+    # busy/unavailable/unwillingToPerform/other: the directory cannot serve us.
+    if result.get("result") in (51, 52, 53, 80):
+        return BackendUnavailableError(
+            f"LDAP directory {connection.server.host}: {result.get('description')}"
+        )
+    return RuntimeError(f"LDAP search failed: {result.get('description')} {result.get('message')}")
+
+
+def _first_rdn_value(dn: str) -> str:
+    """``admins`` from ``cn=admins,ou=groups,...`` (RFC 4514 escapes undone)."""
+    from ldap3.core.exceptions import LDAPInvalidDnError
+    from ldap3.utils.dn import parse_dn
+
+    try:
+        components = parse_dn(dn)
+    except LDAPInvalidDnError:  # a malformed memberOf value names no group
+        return ""
+    if not components:
+        return ""
+    return _unescape_dn_value(components[0][1])
+
+
+def _unescape_dn_value(value: str) -> str:
+    out = bytearray()
+    index = 0
+    while index < len(value):
+        char = value[index]
+        if char == "\\" and index + 1 < len(value):
+            pair = value[index + 1 : index + 3]
+            if len(pair) == 2 and all(c in "0123456789abcdefABCDEF" for c in pair):
+                out.append(int(pair, 16))
+                index += 3
+                continue
+            out.extend(value[index + 1].encode())
+            index += 2
+            continue
+        out.extend(char.encode())
+        index += 1
+    return out.decode("utf-8", errors="replace")
