@@ -1,0 +1,426 @@
+"""The Redis shared store (``redis://``, ``rediss://``, ``unix://``), for several replicas.
+
+URL options beyond redis-py's own: ``?prefix=`` (key namespace, default
+``fusion:``). redis-py options in the query (``socket_timeout``,
+``socket_connect_timeout``, ``health_check_interval``, ...) override the
+defaults below, which make a dead Redis fail fast.
+
+Layout under the prefix ``P``: values and counters at ``P<key>``, bounded
+sets (sorted sets scored by expiry in ms) at ``P<key>``, locks at
+``P lock:<name>``, a channel's history (a stream) at ``P history:<channel>``,
+and pub/sub channels at ``P<channel>``. A pub/sub payload is
+``<history id> <data>`` (empty id when the message is not kept), so the id
+travels with the message it names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import LockError, RedisError, ResponseError
+
+from fusion.helper._store_memory import history_cut
+from fusion.helper.store import SharedStore, StoreMessage, StoreUnavailableError
+
+__all__ = ["RedisStore", "RedisSubscription"]
+
+_LOGGER = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "fusion:"
+# A refused connection fails at once; these bound a Redis that hangs.
+DEFAULT_CONNECT_TIMEOUT = 1.0
+DEFAULT_SOCKET_TIMEOUT = 2.0
+DEFAULT_HEALTH_CHECK_INTERVAL = 30
+# How long one read of a pub/sub connection waits before looping (health checks run between).
+_PUBSUB_READ_TIMEOUT = 5.0
+
+_INCR = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 or redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return n
+"""
+
+_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# Drop expired members, then add unless full; the set expires with its last member.
+_BOUNDED_ADD = (
+    _NOW_MS
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], last[2])
+return 1
+"""
+)
+
+_BOUNDED_REMOVE = (
+    _NOW_MS
+    + """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+if tonumber(score) > now then return 1 end
+return 0
+"""
+)
+
+_BOUNDED_COUNT = (
+    _NOW_MS
+    + """
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+"""
+)
+
+# One script so that the id order is the delivery order: XADD and PUBLISH
+# run together, no other publish can come in between.
+_PUBLISH_WITH_HISTORY = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], '*', 'd', ARGV[2])
+if tonumber(ARGV[4]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+else
+  redis.call('PERSIST', KEYS[1])
+end
+redis.call('PUBLISH', ARGV[1], id .. ' ' .. ARGV[2])
+return id
+"""
+
+
+def _millis(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return urlunsplit(parts._replace(query=""))
+    netloc = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc, query=""))
+
+
+class RedisSubscription:
+    """One dedicated Redis pub/sub connection.
+
+    An async iterator of ``(channel, message)``; channels can be added and
+    removed while it is consumed. When the connection is lost it raises
+    :class:`StoreUnavailableError` once, then ends: it never resubscribes by
+    itself, so a caller always learns that messages may have been missed.
+    """
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+        self._pubsub = store._pubsub_client().pubsub(ignore_subscribe_messages=True)
+        self.channels: set[str] = set()
+        self._ended = False
+        # The pub/sub connection exists once a first channel is subscribed.
+        self._connected = asyncio.Event()
+
+    async def add(self, *channels: str) -> None:
+        """Receive the messages of ``channels`` too."""
+        new = [channel for channel in channels if channel not in self.channels]
+        if not new:
+            return
+        prefix = self._store.prefix
+        try:
+            await self._pubsub.subscribe(*(prefix + channel for channel in new))
+        except (RedisError, OSError) as exc:
+            raise self._store._unavailable(exc) from exc
+        self.channels.update(new)
+        self._connected.set()
+
+    async def remove(self, *channels: str) -> None:
+        """Stop receiving the messages of ``channels``."""
+        old = [channel for channel in channels if channel in self.channels]
+        if not old:
+            return
+        self.channels.difference_update(old)
+        prefix = self._store.prefix
+        try:
+            await self._pubsub.unsubscribe(*(prefix + channel for channel in old))
+        except (RedisError, OSError) as exc:
+            raise self._store._unavailable(exc) from exc
+
+    @property
+    def ended(self) -> bool:
+        """True once closed or once the connection was lost."""
+        return self._ended
+
+    def __aiter__(self) -> RedisSubscription:
+        return self
+
+    async def __anext__(self) -> tuple[str, StoreMessage]:
+        prefix_length = len(self._store.prefix)
+        while not self._ended:
+            if not self._connected.is_set():
+                await self._connected.wait()
+                continue
+            try:
+                raw = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=_PUBSUB_READ_TIMEOUT
+                )
+            except (RedisError, OSError) as exc:
+                if self.ended:
+                    break
+                self._ended = True
+                raise self._store._unavailable(exc) from exc
+            if raw is None or raw["type"] != "message":
+                continue
+            head, _, data = raw["data"].partition(b" ")
+            channel = raw["channel"][prefix_length:].decode()
+            return channel, StoreMessage(head.decode() if head else None, data)
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self._ended = True
+        self._connected.set()
+        with suppress(RedisError, OSError):
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+class RedisStore(SharedStore):
+    """:class:`~fusion.helper.store.SharedStore` on Redis (redis-py asyncio, one pool)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        self.prefix = query.pop("prefix", DEFAULT_PREFIX)
+        self._redis_url = urlunsplit(parts._replace(query=urlencode(query)))
+        self._where = _safe_url(url)
+        options: dict[str, Any] = {
+            "socket_connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+            "socket_timeout": DEFAULT_SOCKET_TIMEOUT,
+            "health_check_interval": DEFAULT_HEALTH_CHECK_INTERVAL,
+            # One immediate retry on a broken connection (a pooled socket that
+            # Redis closed when it restarted), none on timeouts, which may
+            # have executed a command already.
+            "retry": Retry(NoBackoff(), 1, (RedisConnectionError,)),
+        }
+        try:
+            self._redis: Redis = Redis.from_url(self._redis_url, **options)
+        except ValueError as exc:
+            raise ValueError(f"invalid Redis URL {self._where!r}: {exc}") from exc
+        self._options = options
+        self._pubsub_redis: Redis | None = None
+        self._subscriptions: set[RedisSubscription] = set()
+        self._incr = self._redis.register_script(_INCR)
+        self._bounded_add = self._redis.register_script(_BOUNDED_ADD)
+        self._bounded_remove = self._redis.register_script(_BOUNDED_REMOVE)
+        self._bounded_count = self._redis.register_script(_BOUNDED_COUNT)
+        self._publish_with_history = self._redis.register_script(_PUBLISH_WITH_HISTORY)
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
+        return StoreUnavailableError(f"redis shared store {self._where} unavailable: {exc}")
+
+    def _pubsub_client(self) -> Redis:
+        # Pub/sub connections live in a pool of their own without retries: a
+        # lost subscription must surface, not be silently resubscribed.
+        if self._pubsub_redis is None:
+            options = dict(self._options, retry=Retry(NoBackoff(), 0))
+            self._pubsub_redis = Redis(
+                connection_pool=ConnectionPool.from_url(self._redis_url, **options)
+            )
+        return self._pubsub_redis
+
+    # -- keys ---------------------------------------------------------------
+    async def get(self, key: str) -> bytes | None:
+        try:
+            value: bytes | None = await self._redis.get(self.prefix + key)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return value
+
+    async def set(
+        self, key: str, value: bytes, *, ttl: float | None = None, only_if_absent: bool = False
+    ) -> bool:
+        try:
+            done = await self._redis.set(
+                self.prefix + key,
+                value,
+                px=None if ttl is None else _millis(ttl),
+                nx=only_if_absent,
+            )
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return bool(done)
+
+    async def pop(self, key: str) -> bytes | None:
+        try:
+            value: bytes | None = await self._redis.getdel(self.prefix + key)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return value
+
+    async def delete(self, *keys: str) -> int:
+        if not keys:
+            return 0
+        try:
+            count: int = await self._redis.delete(*(self.prefix + key for key in keys))
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return count
+
+    async def expire(self, key: str, ttl: float) -> bool:
+        try:
+            done = await self._redis.pexpire(self.prefix + key, _millis(ttl))
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return bool(done)
+
+    async def incr(self, key: str, *, ttl: float) -> int:
+        try:
+            value = await self._incr(keys=[self.prefix + key], args=[_millis(ttl)])
+        except ResponseError as exc:
+            if "not an integer" in str(exc):
+                raise ValueError(f"key {key!r} does not hold an integer") from exc
+            raise self._unavailable(exc) from exc
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return int(value)
+
+    async def ttl(self, key: str) -> float | None:
+        try:
+            left: int = await self._redis.pttl(self.prefix + key)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return None if left < 0 else left / 1000
+
+    # -- bounded sets -------------------------------------------------------
+    async def bounded_add(self, key: str, member: str, *, ttl: float, cap: int) -> bool:
+        try:
+            added = await self._bounded_add(
+                keys=[self.prefix + key], args=[member, _millis(ttl), cap]
+            )
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return bool(added)
+
+    async def bounded_remove(self, key: str, member: str) -> bool:
+        try:
+            removed = await self._bounded_remove(keys=[self.prefix + key], args=[member])
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return bool(removed)
+
+    async def bounded_count(self, key: str) -> int:
+        try:
+            count = await self._bounded_count(keys=[self.prefix + key])
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return int(count)
+
+    # -- pub/sub and history ------------------------------------------------
+    async def publish(
+        self,
+        channel: str,
+        data: bytes,
+        *,
+        history: int = 0,
+        history_ttl: float | None = None,
+    ) -> str | None:
+        try:
+            if history <= 0:
+                await self._redis.publish(self.prefix + channel, b" " + data)
+                return None
+            message_id = await self._publish_with_history(
+                keys=[self.prefix + "history:" + channel],
+                args=[
+                    self.prefix + channel,
+                    data,
+                    history,
+                    0 if history_ttl is None else _millis(history_ttl),
+                ],
+            )
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return message_id.decode() if isinstance(message_id, bytes) else str(message_id)
+
+    @asynccontextmanager
+    async def subscribe(self, *channels: str) -> AsyncIterator[RedisSubscription]:
+        subscription = RedisSubscription(self)
+        self._subscriptions.add(subscription)
+        try:
+            await subscription.add(*channels)
+            yield subscription
+        finally:
+            self._subscriptions.discard(subscription)
+            await subscription.aclose()
+
+    async def history(self, channel: str, after_id: str | None = None) -> list[StoreMessage]:
+        cut = history_cut(after_id)
+        start = "-" if cut is None else f"({cut[0]}-{cut[1]}"
+        try:
+            entries = await self._redis.xrange(self.prefix + "history:" + channel, start, "+")
+        except ResponseError:
+            # An exclusive start past the largest possible id: nothing is newer.
+            return []
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return [StoreMessage(entry_id.decode(), fields[b"d"]) for entry_id, fields in entries]
+
+    # -- locks and life cycle -------------------------------------------------
+    @asynccontextmanager
+    async def lock(
+        self,
+        name: str,
+        *,
+        timeout: float = 30.0,  # noqa: ASYNC109 - the lock's lease, fixed by SharedStore
+        blocking_timeout: float | None = None,
+    ) -> AsyncIterator[None]:
+        redis_lock = self._redis.lock(
+            self.prefix + "lock:" + name,
+            timeout=timeout,
+            sleep=0.02,
+            blocking_timeout=blocking_timeout,
+            thread_local=False,
+        )
+        try:
+            acquired = await redis_lock.acquire()
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        if not acquired:
+            raise TimeoutError(f"lock {name!r} not acquired within {blocking_timeout} s")
+        try:
+            yield
+        finally:
+            try:
+                await redis_lock.release()
+            except LockError:
+                _LOGGER.warning("lock %r was held longer than its timeout (%s s)", name, timeout)
+            except (RedisError, OSError) as exc:
+                # The lock expires by itself after ``timeout``.
+                _LOGGER.warning("lock %r not released: %s", name, self._unavailable(exc))
+
+    async def ping(self) -> None:
+        try:
+            await self._redis.execute_command("PING")  # type: ignore[no-untyped-call]
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    async def close(self) -> None:
+        for subscription in list(self._subscriptions):
+            await subscription.aclose()
+        self._subscriptions.clear()
+        await self._redis.aclose(close_connection_pool=True)
+        if self._pubsub_redis is not None:
+            await self._pubsub_redis.aclose(close_connection_pool=True)
+            self._pubsub_redis = None
