@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ FEDERATION_KEY = "federation-key-0123456789"
 PASSWORD = "correct horse"
 DOWNLOAD_GUID = "6f1b8a52-1f3b-4a6e-9a51-0d6f0a3c7e11"
 DOWNLOAD_TOKEN = "tok_en-AZ09"
-HOSTILE_FILENAME = "../../.bashrc\x07 evil"
+HOSTILE_FILENAME = "../..\\\\.bashrc"
 
 
 class ServiceConstant(Constant, kw_only=True):
@@ -322,3 +322,24 @@ async def protocol_server() -> AsyncIterator[RunningServer]:
         yield RunningServer(url=url, app=app)
     finally:
         await runner.cleanup()
+
+
+StartServer = Callable[[ssl.SSLContext | None], Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def start_protocol_server() -> AsyncIterator[StartServer]:
+    """Start more fake servers (TLS ones, say); all are stopped at teardown."""
+    runners: list[web.AppRunner] = []
+
+    async def start(ssl_context: ssl.SSLContext | None = None) -> RunningServer:
+        app = build_app()
+        runner, url = await start_app(app, ssl_context)
+        runners.append(runner)
+        return RunningServer(url=url, app=app)
+
+    try:
+        yield start
+    finally:
+        for runner in runners:
+            await runner.cleanup()

@@ -120,7 +120,7 @@ class FusionClient:
         self.base_url = URL(config.api_url.rstrip("/") + "/")
         self._ssl = _ssl_setting(config)
         self._session: aiohttp.ClientSession | None = None
-        self._cookie_jar = aiohttp.CookieJar(unsafe=True)
+        self._cookie_jar: aiohttp.CookieJar | None = None
         proxy = config.proxy
         self._proxy_kwargs: dict[str, Any] = {}
         if proxy is not None:
@@ -149,8 +149,11 @@ class FusionClient:
         """Create the session (and load the cookie jar file, if configured)."""
         if self._session is not None:
             return
+        # Created here, inside the running loop; unsafe=True keeps the cookies of
+        # IP-address hosts (services are often reached by IP).
+        self._cookie_jar = aiohttp.CookieJar(unsafe=True)
         if self.config.cookie_jar is not None:
-            self._load_cookies(Path(self.config.cookie_jar))
+            self._load_cookies(self._cookie_jar, Path(self.config.cookie_jar))
         timeout = self.config.timeout
         self._session = aiohttp.ClientSession(
             headers={"User-Agent": USER_AGENT},
@@ -179,7 +182,7 @@ class FusionClient:
         return self._session
 
     # -- cookies ----------------------------------------------------------
-    def _load_cookies(self, path: Path) -> None:
+    def _load_cookies(self, jar: aiohttp.CookieJar, path: Path) -> None:
         try:
             stored = _stdlib_json.loads(path.read_bytes())
         except FileNotFoundError:
@@ -195,13 +198,15 @@ class FusionClient:
             if isinstance(item, dict) and isinstance(item.get("name"), str):
                 cookies[item["name"]] = str(item.get("value", ""))
                 cookies[item["name"]]["path"] = str(item.get("path") or "/")
-        self._cookie_jar.update_cookies(cookies, response_url=self.base_url)
+        jar.update_cookies(cookies, response_url=self.base_url)
 
     def save_cookies(self, path: Path) -> None:
         """Write this server's cookies to ``path`` (mode 0600, atomically)."""
+        jar = self._cookie_jar
+        morsels = jar.filter_cookies(self.base_url).values() if jar is not None else []
         cookies = [
             {"name": morsel.key, "value": morsel.value, "path": morsel["path"] or "/"}
-            for morsel in self._cookie_jar.filter_cookies(self.base_url).values()
+            for morsel in morsels
         ]
         payload = _stdlib_json.dumps({"api_url": str(self.base_url), "cookies": cookies})
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +221,9 @@ class FusionClient:
             raise
 
     def clear_cookies(self) -> None:
-        self._cookie_jar.clear()
+        """Forget every cookie (the session)."""
+        if self._cookie_jar is not None:
+            self._cookie_jar.clear()
 
     # -- requests ---------------------------------------------------------
     def url(self, path: str) -> URL:

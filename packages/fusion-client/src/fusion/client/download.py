@@ -57,8 +57,8 @@ class FusionDownloadAPIClient:
             token = quote(key_or_url.token, safe="")
             return self.client.url(f"/api/download/{key_or_url.guid}/{token}")
         url = URL(key_or_url)
-        if url.is_absolute():
-            if url.scheme not in ("http", "https"):
+        if url.scheme:
+            if url.scheme not in ("http", "https") or not url.host:
                 raise ValueError(f"invalid download URL {key_or_url!r}: expected http(s)")
             return url
         if not key_or_url.startswith("/"):

@@ -92,6 +92,7 @@ class FusionEventAPIClient:
         connected = False
         failures = 0
         while True:
+            streaming = False
             headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
             if last_id:
                 headers["Last-Event-ID"] = last_id
@@ -104,7 +105,7 @@ class FusionEventAPIClient:
                             response.status,
                             f"expected an event stream, got {response.content_type or 'nothing'}",
                         )
-                    connected = True
+                    connected = streaming = True
                     failures = 0
                     async for sse in iter_sse(response.content):
                         if sse.retry is not None:
@@ -123,7 +124,8 @@ class FusionEventAPIClient:
             except FusionConnectionError as exc:
                 if not connected:
                     raise
-                failures += 1
+                # A stream that was up and dropped is not a failed reconnection.
+                failures += 0 if streaming else 1
                 if max_retries is not None and failures > max_retries:
                     raise
                 _LOGGER.info("event stream %s dropped (%s), reconnecting", path, exc)
