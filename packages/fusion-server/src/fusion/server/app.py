@@ -1,0 +1,197 @@
+"""The builder: one configuration in, one aiohttp application out.
+
+A service's ``main`` is a few lines::
+
+    server = FusionServer(load_config("timeline.yml"), case_type=TimelineCase)
+    server.add_routes([web.get("/api/timeline/{case_guid}", timeline)])
+    server.run()
+
+or a subclass of :class:`FusionServer` overriding the ``create_*`` factories
+(its own storage or case API) and :meth:`setup_routes`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+
+from fusion.concept import Case, Constant
+from fusion.helper.aiohttp import FusionHTTPError, envelope_middleware
+from fusion.helper.store import SharedStore, StoreUnavailableError, create_store
+from fusion.server.appkeys import CONFIG, STORAGE, STORE
+from fusion.server.auth.api import FusionAuthAPI
+from fusion.server.auth.backend import FusionAuthBackend
+from fusion.server.auth.config import FusionAuthAPIConfig
+from fusion.server.case.api import FusionCaseAPI
+from fusion.server.config import FusionServerConfig
+from fusion.server.constant.api import FusionConstantAPI
+from fusion.server.info.api import FusionInfoAPI
+from fusion.server.storage import FusionStorage
+from fusion.server.storage.sqlite import SQLiteStorage
+
+__all__ = ["FusionServer", "body_size_middleware"]
+
+_LOGGER = logging.getLogger("fusion.server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def body_size_middleware(max_body_size: int) -> Any:
+    """Refuse, before any handler runs, a request whose Content-Length exceeds the cap (413).
+
+    Chunked bodies have no length up front: the readers of
+    :mod:`fusion.helper.aiohttp` count them as they arrive.
+    """
+
+    @web.middleware
+    async def fusion_body_size(request: web.Request, handler: Handler) -> web.StreamResponse:
+        length = request.content_length
+        if length is not None and length > max_body_size:
+            raise FusionHTTPError(413, f"request body too large: limit is {max_body_size} bytes")
+        return await handler(request)
+
+    return fusion_body_size
+
+
+class FusionServer:
+    """Assembles the APIs enabled in ``config`` into an application.
+
+    ``case_type`` and ``constant_type`` are the service's Concept subclasses;
+    ``storage``, ``store`` and ``auth_backend`` replace the defaults built
+    from the configuration (SQLite in ``storage.data_dir``, the store named by
+    ``shared_store.url``, the backend of ``auth.backend``).
+    """
+
+    def __init__(
+        self,
+        config: FusionServerConfig,
+        *,
+        case_type: type[Case] = Case,
+        constant_type: type[Constant] = Constant,
+        storage: FusionStorage | None = None,
+        store: SharedStore | None = None,
+        auth_backend: FusionAuthBackend | None = None,
+    ) -> None:
+        self.config = config
+        self.case_type = case_type
+        self.constant_type = constant_type
+        self.storage = storage
+        self.store = store
+        self.auth_backend = auth_backend
+        self.auth_api: FusionAuthAPI | None = None
+        self.case_api: FusionCaseAPI[Any] | None = None
+        self.info_api: FusionInfoAPI | None = None
+        self.constant_api: FusionConstantAPI[Any] | None = None
+        self._routes: list[web.AbstractRouteDef] = []
+        self._middlewares: list[Any] = []
+
+    # -- factories a service may override ----------------------------------------
+    def create_store(self) -> SharedStore:
+        return create_store(self.config.shared_store.url)
+
+    def create_storage(self) -> FusionStorage:
+        return SQLiteStorage(self.config.storage.path, case_type=self.case_type)
+
+    def create_auth_api(self) -> FusionAuthAPI:
+        # Other APIs authenticate through it: without an auth section it still
+        # exists, with no backend and no keys, so protected routes answer 401.
+        config = self.config.auth if self.config.auth is not None else FusionAuthAPIConfig()
+        return FusionAuthAPI(
+            config,
+            self.auth_backend,
+            trusted_proxies=self.config.server.trusted_proxy_networks,
+            max_body_size=self.config.server.max_body_size,
+        )
+
+    def create_case_api(self) -> FusionCaseAPI[Any] | None:
+        if self.config.case is None:
+            return None
+        return FusionCaseAPI(
+            self.config.case, self.case_type, max_body_size=self.config.server.max_body_size
+        )
+
+    def create_info_api(self) -> FusionInfoAPI | None:
+        return None if self.config.info is None else FusionInfoAPI(self.config.info)
+
+    def create_constant_api(self) -> FusionConstantAPI[Any] | None:
+        if self.config.constant is None:
+            return None
+        return FusionConstantAPI(self.config.constant, self.constant_type)
+
+    # -- service additions ----------------------------------------------------------
+    def add_routes(self, routes: Iterable[web.AbstractRouteDef]) -> None:
+        """Routes of the service, added after the framework's when the app is built."""
+        self._routes.extend(routes)
+
+    def add_middleware(self, middleware: Any) -> None:
+        """A middleware of the service, run inside the envelope and body-size ones."""
+        self._middlewares.append(middleware)
+
+    def setup_routes(self, app: web.Application) -> None:
+        """Hook for subclasses: add routes, sub-apps or cleanup contexts to ``app``."""
+
+    # -- building ------------------------------------------------------------------
+    def build(self) -> web.Application:
+        """A new application with the store, the storage and every enabled API."""
+        server = self.config.server
+        app = web.Application(
+            middlewares=[
+                envelope_middleware(),
+                body_size_middleware(server.max_body_size),
+                *self._middlewares,
+            ],
+            client_max_size=server.max_body_size,
+        )
+        app[CONFIG] = self.config
+        if self.store is None:
+            self.store = self.create_store()
+        if self.storage is None:
+            self.storage = self.create_storage()
+        app[STORE] = self.store
+        app[STORAGE] = self.storage
+        app.cleanup_ctx.append(self._lifecycle)
+        self.auth_api = self.create_auth_api()
+        self.auth_api.setup(app)
+        self.info_api = self.create_info_api()
+        if self.info_api is not None:
+            self.info_api.setup(app)
+        self.constant_api = self.create_constant_api()
+        if self.constant_api is not None:
+            self.constant_api.setup(app)
+        self.case_api = self.create_case_api()
+        if self.case_api is not None:
+            self.case_api.setup(app)
+        self.setup_routes(app)
+        app.router.add_routes(self._routes)
+        return app
+
+    async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        store = app[STORE]
+        storage = app[STORAGE]
+        try:
+            await store.ping()
+        except StoreUnavailableError as exc:
+            # Not fatal: routes that need the store answer 503 until it is back.
+            _LOGGER.warning("shared store %s unavailable at startup: %s", store.url, exc)
+        await storage.startup()
+        try:
+            yield
+        finally:
+            try:
+                await storage.shutdown()
+            finally:
+                await store.close()
+
+    def run(self, *, host: str | None = None, port: int | None = None) -> None:
+        """Serve until SIGINT or SIGTERM, then shut down cleanly."""
+        server = self.config.server
+        web.run_app(
+            self.build(),
+            host=host or server.host,
+            port=port if port is not None else server.port,
+            access_log=_LOGGER.getChild("access") if server.access_log else None,
+            print=None,
+        )

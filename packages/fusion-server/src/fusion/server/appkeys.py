@@ -1,0 +1,48 @@
+"""Typed application keys shared by every API of a Fusion server.
+
+APIs find each other and the shared services through these keys, so a service
+can replace one piece (its storage, its auth API) without the others noticing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiohttp import web
+
+from fusion.concept import Case
+from fusion.helper.store import SharedStore
+
+if TYPE_CHECKING:
+    from fusion.helper.pubsub import FusionPubSub
+    from fusion.server.auth.api import FusionAuthAPI
+    from fusion.server.config import FusionServerConfig
+    from fusion.server.constant.api import FusionConstantAPI
+    from fusion.server.storage import FusionStorage
+
+__all__ = [
+    "AUTH",
+    "CONFIG",
+    "CONSTANT",
+    "EVENTS",
+    "PUBSUB",
+    "STORAGE",
+    "STORE",
+    "CaseEventSink",
+]
+
+
+class CaseEventSink(Protocol):
+    """Receives the case events the case API emits (the event API implements it)."""
+
+    async def notify(self, category: str, case: Case, ext: dict[str, Any] | None = None) -> None:
+        """Publish ``category`` about ``case`` to the case's watchers and webhooks."""
+
+
+CONFIG: web.AppKey[FusionServerConfig] = web.AppKey("fusion_config")
+STORE: web.AppKey[SharedStore] = web.AppKey("fusion_store", SharedStore)
+PUBSUB: web.AppKey[FusionPubSub] = web.AppKey("fusion_pubsub")
+STORAGE: web.AppKey[FusionStorage] = web.AppKey("fusion_storage")
+AUTH: web.AppKey[FusionAuthAPI] = web.AppKey("fusion_auth")
+CONSTANT: web.AppKey[FusionConstantAPI[Any]] = web.AppKey("fusion_constant")
+EVENTS: web.AppKey[CaseEventSink] = web.AppKey("fusion_events")

@@ -1,0 +1,57 @@
+"""Access control: what an identity may do with a case."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from fusion.concept import Case, Identity
+
+__all__ = ["Access", "Action", "can_access_case", "can_delete"]
+
+
+class Access(Enum):
+    """What a caller may do with a case it can see."""
+
+    READ = "read"
+    CHANGE = "change"
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """An operation to authorize: its name (for the audit log) and what it needs.
+
+    ``change`` needs change access to the case; ``delete`` also needs the
+    delete right; ``federation`` is reserved to the federation key. ``context``
+    carries what a service's ``authorize_impl`` hook wants to look at (and what
+    the audit record shows).
+    """
+
+    name: str
+    change: bool = False
+    delete: bool = False
+    federation: bool = False
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+def can_access_case(identity: Identity, case: Case) -> Access | None:
+    """Access of ``identity`` to ``case`` (None: it may not see the case at all).
+
+    A case with empty ``acs`` and ``acs_ro`` is open to every authenticated
+    caller; otherwise ``acs`` grants change, ``acs_ro`` grants read.
+    """
+    if not case.acs and not case.acs_ro:
+        return Access.CHANGE
+    acs = identity.acs
+    if not acs.isdisjoint(case.acs):
+        return Access.CHANGE
+    if not acs.isdisjoint(case.acs_ro):
+        return Access.READ
+    return None
+
+
+def can_delete(identity: Identity, allowed: Collection[str]) -> bool:
+    """True when the identity's username or one of its groups is in ``allowed``."""
+    return not identity.acs.isdisjoint(allowed)

@@ -1,0 +1,411 @@
+"""FusionAuthAPI: login, sessions, API keys, the federation key, authorization and audit."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from fusion.concept import Case, Identity
+from fusion.helper.aiohttp import (
+    FusionHTTPError,
+    IPNetwork,
+    client_ip,
+    json_response,
+    read_json,
+)
+from fusion.helper.store import SharedStore
+from fusion.server.appkeys import AUTH, CONFIG, STORAGE, STORE
+from fusion.server.auth.access import Access, Action, can_access_case, can_delete
+from fusion.server.auth.backend import (
+    BackendUnavailableError,
+    FusionAuthBackend,
+    LoginBodyError,
+)
+from fusion.server.auth.config import FusionAuthAPIConfig
+from fusion.server.auth.session import SessionManager
+from fusion.server.storage import FusionStorage
+
+__all__ = ["FusionAuthAPI"]
+
+_LOGGER = logging.getLogger("fusion.server.auth")
+_AUDIT = logging.getLogger("fusion.audit")
+
+_IDENTITY_KEY = web.RequestKey("fusion_identity", Identity)
+_API_TOKEN_HEADER = "X-Fusion-API-Token"  # noqa: S105 - a header name
+_DEFAULT_MAX_BODY = 64 * 1024
+# Properties kept on the Identity of a request (never serialised).
+_SOURCE = "source"
+_SESSION_ID = "session_id"
+_FEDERATION = "federation"
+
+
+class FusionAuthAPI:
+    """The auth routes of PROTOCOL.md and the authorization every other API calls.
+
+    A service customises decisions by overriding :meth:`authorize_impl`.
+    """
+
+    def __init__(
+        self,
+        config: FusionAuthAPIConfig,
+        backend: FusionAuthBackend | None = None,
+        *,
+        trusted_proxies: Sequence[IPNetwork] = (),
+        max_body_size: int = _DEFAULT_MAX_BODY,
+    ) -> None:
+        self.config = config
+        if backend is None and config.backend_config is not None:
+            backend = config.backend_config.build()
+        self.backend = backend
+        self.trusted_proxies = tuple(trusted_proxies)
+        self.max_body_size = max_body_size
+        self._keys: dict[str, Identity] = {}
+        for api_key in config.api_keys:
+            self._keys[api_key.digest] = Identity(
+                username=api_key.username, groups=set(api_key.groups)
+            )
+        if config.federation is not None:
+            federation = Identity(
+                username=config.federation.username, groups=set(config.federation.groups)
+            )
+            federation.properties[_FEDERATION] = True
+            self._keys[config.federation.digest] = federation
+        for identity in self._keys.values():
+            identity.properties[_SOURCE] = "key"
+        self._can_delete = frozenset(config.can_delete)
+        self._cookie_name = config.session.cookie_name
+        # username -> groups already written to storage by this process, so that
+        # recording the identities seen is not a storage write per request.
+        self._seen: dict[str, frozenset[str]] = {}
+        self._store: SharedStore | None = None
+        self._storage: FusionStorage | None = None
+        self._sessions: SessionManager | None = None
+
+    # -- wiring ---------------------------------------------------------------
+    def setup(self, app: web.Application) -> None:
+        """Register the auth routes and the startup/shutdown of the backend."""
+        app[AUTH] = self
+        if CONFIG in app and not self.trusted_proxies:
+            self.trusted_proxies = app[CONFIG].server.trusted_proxy_networks
+        app.router.add_post("/api/auth/login", self.login)
+        app.router.add_get("/api/auth/logout", self.logout)
+        app.router.add_get("/api/auth/is_logged", self.is_logged)
+        app.router.add_get("/api/auth/config", self.auth_config)
+        app.router.add_get("/api/auth/identities", self.identities)
+        app.cleanup_ctx.append(self._lifecycle)
+
+    async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        self._store = app[STORE]
+        self._storage = app[STORAGE]
+        self._sessions = SessionManager(self._store, self.config.session)
+        if self.backend is not None:
+            await self.backend.startup()
+        try:
+            yield
+        finally:
+            if self.backend is not None:
+                await self.backend.shutdown()
+
+    @property
+    def store(self) -> SharedStore:
+        if self._store is None:
+            raise RuntimeError("FusionAuthAPI used before the application started")
+        return self._store
+
+    @property
+    def storage(self) -> FusionStorage:
+        if self._storage is None:
+            raise RuntimeError("FusionAuthAPI used before the application started")
+        return self._storage
+
+    @property
+    def sessions(self) -> SessionManager:
+        if self._sessions is None:
+            raise RuntimeError("FusionAuthAPI used before the application started")
+        return self._sessions
+
+    # -- who is calling -------------------------------------------------------
+    def client_ip(self, request: web.BaseRequest) -> str:
+        """The caller's address (X-Forwarded-For only believed from trusted proxies)."""
+        return client_ip(request, self.trusted_proxies)
+
+    async def identify(self, request: web.Request) -> Identity | None:
+        """The caller's Identity, or None when the request carries no credentials.
+
+        Sources, in order: ``X-Fusion-API-Token``, ``Authorization: Bearer``,
+        the session cookie. Presented but invalid credentials raise 401 so a
+        robot with a wrong key learns it at once; the backend being unreachable
+        raises 503.
+        """
+        identity: Identity | None = request.get(_IDENTITY_KEY)
+        if identity is not None:
+            return identity
+        token = request.headers.get(_API_TOKEN_HEADER)
+        if token is not None:
+            identity = self._identity_of_key(token)
+            if identity is None:
+                raise FusionHTTPError(401, "invalid API key")
+            await self._record_identity(identity)
+        else:
+            authorization = request.headers.get("Authorization")
+            if authorization is not None and authorization[:7].lower() == "bearer ":
+                identity = await self._identity_of_bearer(authorization[7:].strip())
+                if identity is None:
+                    raise FusionHTTPError(
+                        401, "invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+                    )
+                await self._record_identity(identity)
+            else:
+                session_id = request.cookies.get(self._cookie_name)
+                if session_id is None:
+                    return None
+                identity = await self.sessions.load(session_id)
+                if identity is None:
+                    return None
+                identity.properties[_SOURCE] = "session"
+                identity.properties[_SESSION_ID] = session_id
+        request[_IDENTITY_KEY] = identity
+        return identity
+
+    async def authenticate(self, request: web.Request) -> Identity:
+        """The caller's Identity; 401 in the envelope when there is none."""
+        identity = await self.identify(request)
+        if identity is None:
+            raise FusionHTTPError(401, "authentication required")
+        return identity
+
+    def _identity_of_key(self, token: str) -> Identity | None:
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+        identity = self._keys.get(digest)
+        # The dict lookup compares digests, not keys, so timing says nothing
+        # about the key; compare_digest still settles the match in constant time.
+        if identity is None:
+            return None
+        for known in self._keys:
+            if hmac.compare_digest(known, digest):
+                return identity
+        return None  # pragma: no cover - the lookup above already matched
+
+    async def _identity_of_bearer(self, token: str) -> Identity | None:
+        if self.backend is None or not token:
+            return None
+        try:
+            identity = await self.backend.authenticate_bearer(token)
+        except BackendUnavailableError as exc:
+            _LOGGER.warning("authentication backend unavailable: %s", exc)
+            raise FusionHTTPError(503, "authentication backend unavailable") from None
+        if identity is not None:
+            identity.properties[_SOURCE] = "bearer"
+        return identity
+
+    async def _record_identity(self, identity: Identity) -> None:
+        groups = frozenset(identity.groups)
+        if self._seen.get(identity.username) == groups:
+            return
+        await self.storage.store_identity(
+            Identity(username=identity.username, groups=set(identity.groups))
+        )
+        self._seen[identity.username] = groups
+
+    # -- decisions ------------------------------------------------------------
+    @staticmethod
+    def is_federation(identity: Identity) -> bool:
+        """True for the federation key's identity (never for a session or token)."""
+        return identity.properties.get(_FEDERATION) is True
+
+    def can_delete(self, identity: Identity) -> bool:
+        """Whether ``identity`` holds the delete right (``can_delete`` in the config)."""
+        return self.is_federation(identity) or can_delete(identity, self._can_delete)
+
+    def case_access(self, identity: Identity, case: Case) -> Access | None:
+        """Access of ``identity`` to ``case``: the federation key may change every case."""
+        if self.is_federation(identity):
+            return Access.CHANGE
+        return can_access_case(identity, case)
+
+    async def authorize_impl(self, identity: Identity, action: Action, case: Case | None) -> bool:
+        """Service hook, called after the framework's checks passed: return False to refuse."""
+        return True
+
+    async def authorize(
+        self, request: web.Request, action: Action, case: Case | None = None
+    ) -> Identity:
+        """Authenticate, then check ``action`` (on ``case``) for the caller.
+
+        401 without credentials; 403 when refused. Every decision is audited.
+        """
+        identity = await self.authenticate(request)
+        reason = await self._refusal(identity, action, case)
+        self.audit(request, identity, action, case, granted=reason is None, reason=reason)
+        if reason is not None:
+            raise FusionHTTPError(403, reason)
+        return identity
+
+    async def _refusal(self, identity: Identity, action: Action, case: Case | None) -> str | None:
+        federation = self.is_federation(identity)
+        if action.federation and not federation:
+            return "only the federation key may do this"
+        if case is not None and not federation:
+            access = can_access_case(identity, case)
+            if access is None:
+                return "access to this case denied"
+            if action.change and access is Access.READ:
+                return "read-only access to this case"
+        if action.delete and not self.can_delete(identity):
+            return "delete right required"
+        if not await self.authorize_impl(identity, action, case):
+            return "not authorized"
+        return None
+
+    def audit(
+        self,
+        request: web.BaseRequest,
+        identity: Identity | None,
+        action: Action | str,
+        case: Case | None = None,
+        *,
+        granted: bool,
+        reason: str | None = None,
+    ) -> None:
+        """Write one audit record: who, what, which case, from where, and the outcome."""
+        name = action if isinstance(action, str) else action.name
+        context = None if isinstance(action, str) or not action.context else action.context
+        if not _AUDIT.isEnabledFor(logging.INFO):
+            return
+        _AUDIT.info(
+            "%s %s by %s from %s case=%s%s%s",
+            "granted" if granted else "refused",
+            name,
+            identity.username if identity is not None else "-",
+            self.client_ip(request),
+            case.guid if case is not None else "-",
+            f" reason={reason!r}" if reason else "",
+            f" context={context!r}" if context else "",
+        )
+
+    # -- login throttling -----------------------------------------------------
+    def _throttle_keys(self, username: str | None, ip: str) -> list[str]:
+        keys = ["fusion:throttle:ip:" + ip]
+        if username is not None:
+            # Hashed: usernames are attacker-chosen and may be long or odd.
+            digest = hashlib.sha256(username.encode("utf-8", "surrogateescape")).hexdigest()
+            keys.append("fusion:throttle:user:" + digest)
+        return keys
+
+    async def _check_throttle(self, username: str | None, ip: str) -> None:
+        throttle = self.config.throttle
+        if not throttle.enabled:
+            return
+        limits = [throttle.max_failures_per_ip, throttle.max_failures_per_username]
+        for key, limit in zip(self._throttle_keys(username, ip), limits, strict=False):
+            raw = await self.store.get(key)
+            if raw is not None and int(raw) >= limit:
+                left = await self.store.ttl(key)
+                retry_after = max(1, math.ceil(left if left is not None else throttle.window))
+                raise FusionHTTPError(
+                    429,
+                    "too many failed logins: try again later",
+                    headers={"Retry-After": str(retry_after)},
+                )
+
+    async def _count_failure(self, username: str | None, ip: str) -> None:
+        throttle = self.config.throttle
+        if not throttle.enabled:
+            return
+        for key in self._throttle_keys(username, ip):
+            await self.store.incr(key, ttl=throttle.window)
+
+    # -- routes ---------------------------------------------------------------
+    def _set_session_cookie(self, response: web.StreamResponse, session_id: str) -> None:
+        session = self.config.session
+        response.set_cookie(
+            session.cookie_name,
+            session_id,
+            domain=session.domain,
+            path=session.path,
+            max_age=session.max_age,
+            secure=session.secure,
+            httponly=session.httponly,
+            samesite=session.samesite,
+        )
+
+    async def login(self, request: web.Request) -> web.Response:
+        """``POST /api/auth/login`` ``{"data": {...}}``: a new session for the caller."""
+        if self.backend is None:
+            raise FusionHTTPError(501, "no authentication backend configured")
+        body: Any = await read_json(request, self.max_body_size)
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, dict):
+            raise FusionHTTPError(400, 'login body must be {"data": {...}}')
+        username = self.backend.login_username(data)
+        ip = self.client_ip(request)
+        await self._check_throttle(username, ip)
+        try:
+            identity = await self.backend.login(data)
+        except LoginBodyError as exc:
+            raise FusionHTTPError(400, str(exc)) from None
+        except BackendUnavailableError as exc:
+            _LOGGER.warning("authentication backend unavailable: %s", exc)
+            raise FusionHTTPError(503, "authentication backend unavailable") from None
+        if identity is None:
+            await self._count_failure(username, ip)
+            self.audit(
+                request,
+                None,
+                Action("login", context={"username": username}),
+                granted=False,
+                reason="login refused",
+            )
+            raise FusionHTTPError(400, "login refused")
+        if username is not None and self.config.throttle.enabled:
+            await self.store.delete(self._throttle_keys(username, ip)[1])
+        # Always a fresh id: a session id planted before login is worthless.
+        session_id = await self.sessions.create(
+            identity, replaces=request.cookies.get(self._cookie_name)
+        )
+        await self._record_identity(identity)
+        self.audit(request, identity, "login", granted=True)
+        response = json_response(identity)
+        self._set_session_cookie(response, session_id)
+        return response
+
+    async def logout(self, request: web.Request) -> web.Response:
+        """``GET /api/auth/logout``: revoke the caller's session on every replica."""
+        identity = await self.identify(request)
+        session_id = None if identity is None else identity.properties.get(_SESSION_ID)
+        if identity is None or session_id is None:
+            raise FusionHTTPError(401, "no session")
+        await self.sessions.revoke(session_id)
+        self.audit(request, identity, "logout", granted=True)
+        response = json_response()
+        session = self.config.session
+        response.del_cookie(
+            session.cookie_name,
+            domain=session.domain,
+            path=session.path,
+            secure=session.secure,
+            httponly=session.httponly,
+            samesite=session.samesite,
+        )
+        return response
+
+    async def is_logged(self, request: web.Request) -> web.Response:
+        """``GET /api/auth/is_logged``: the caller's Identity."""
+        return json_response(await self.authenticate(request))
+
+    async def auth_config(self, request: web.Request) -> web.Response:
+        """``GET /api/auth/config``: how to log in (AuthInfo)."""
+        if self.backend is None:
+            raise FusionHTTPError(501, "no authentication backend configured")
+        return json_response(self.backend.info())
+
+    async def identities(self, request: web.Request) -> web.Response:
+        """``GET /api/auth/identities``: every identity seen so far."""
+        await self.authenticate(request)
+        return json_response(await self.storage.enumerate_identities())

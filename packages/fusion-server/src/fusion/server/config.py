@@ -1,0 +1,200 @@
+"""The configuration of a Fusion server: one file decoded into typed Structs.
+
+Every Struct refuses unknown keys, so a typo (``prot: 8080``) is an error
+naming the key instead of a silently ignored setting. A service extends the
+configuration by subclassing :class:`FusionServerConfig` (new sections) or a
+section Struct (new settings), and passes its class to :func:`load_config`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+
+from fusion.helper.aiohttp import IPNetwork
+from fusion.helper.config import ConfigError, resolve_env_refs
+from fusion.server.auth.config import FusionAuthAPIConfig
+from fusion.server.case.config import FusionCaseAPIConfig
+from fusion.server.constant.config import FusionConstantAPIConfig
+from fusion.server.info.config import FusionInfoAPIConfig
+
+__all__ = [
+    "ConfigError",
+    "FusionServerConfig",
+    "ServerConfig",
+    "SharedStoreConfig",
+    "StorageConfig",
+    "decode_config",
+    "load_config",
+]
+
+ConfigT = TypeVar("ConfigT", bound="FusionServerConfig")
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
+class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True):
+    """Where and how the HTTP server listens."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    # Request bodies above this many bytes are refused with 413.
+    max_body_size: Annotated[int, msgspec.Meta(gt=0)] = 1024 * 1024
+    # Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For
+    # is believed; everyone else's is ignored, so throttling and the audit
+    # log see the real peer.
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    access_log: bool = True
+
+    def __post_init__(self) -> None:
+        networks: list[IPNetwork] = []
+        for index, value in enumerate(self.trusted_proxies):
+            try:
+                networks.append(ipaddress.ip_network(value, strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies[{index}]: {value!r} is not an IP address or network"
+                ) from None
+        self.__dict__["trusted_proxy_networks"] = tuple(networks)
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[IPNetwork, ...]:
+        """``trusted_proxies`` parsed once."""
+        networks: tuple[IPNetwork, ...] = self.__dict__["trusted_proxy_networks"]
+        return networks
+
+
+class SharedStoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The shared store: ``memory://`` for one process, ``redis://host:port/db`` for replicas."""
+
+    url: str = "memory://"
+
+    def __post_init__(self) -> None:
+        scheme = self.url.partition("://")[0].lower()
+        if scheme not in ("memory", "redis", "rediss", "unix"):
+            raise ValueError(
+                f"unsupported shared store URL {self.url!r}: use memory:// or redis://host:port/db"
+            )
+
+
+class StorageConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where the server keeps its data (the SQLite database and service files)."""
+
+    data_dir: str = "fusion-data"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.data_dir)
+
+
+class FusionServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Root configuration. An API whose section is absent (null) is not served."""
+
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    shared_store: SharedStoreConfig = msgspec.field(default_factory=SharedStoreConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    auth: FusionAuthAPIConfig | None = None
+    info: FusionInfoAPIConfig | None = None
+    constant: FusionConstantAPIConfig | None = None
+    case: FusionCaseAPIConfig | None = None
+
+
+_PATH_RE = re.compile(r"\s*-\s*at\s*`\$([^`]*)`")
+_SEGMENT_RE = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def _lookup(data: Any, path: str) -> tuple[bool, Any]:
+    current = data
+    for name, index in _SEGMENT_RE.findall(path):
+        try:
+            current = current[int(index)] if index else current[name]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return False, None
+    return True, current
+
+
+def _describe(exc: msgspec.ValidationError, data: Any, source: str) -> str:
+    """Rewrite msgspec's ``<reason> - at `$.a.b`` as ``<source>: a.b: <reason> (got <value>)``."""
+    text = str(exc)
+    paths = _PATH_RE.findall(text)
+    reason = _PATH_RE.sub("", text).strip()
+    # msgspec appends the outer path last when a nested __post_init__ failed.
+    path = "".join(reversed(paths))
+    unknown = re.match(r"Object contains unknown field `([^`]*)`", reason)
+    if unknown:
+        return f"{source}: unknown key {(path + '.' + unknown.group(1)).lstrip('.')!r}"
+    # A section's own check may name a key below it ("backend.type: ...").
+    nested = re.match(r"unknown key '([^']*)'$", reason)
+    if nested:
+        return f"{source}: unknown key {(path + '.' + nested.group(1)).lstrip('.')!r}"
+    nested = re.match(r"([A-Za-z_][\w.\[\]]*): (.*)$", reason)
+    if nested:
+        path = f"{path}.{nested.group(1)}"
+        reason = nested.group(2)
+    key = path.lstrip(".") or "(top level)"
+    message = f"{source}: {key}: {reason}"
+    found, value = _lookup(data, path)
+    if found and not isinstance(value, dict | list):
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        message += f" (value {shown})"
+    return message
+
+
+def decode_config(
+    data: Any, config_type: type[ConfigT], *, source: str = "configuration"
+) -> ConfigT:
+    """Validate builtins (a parsed file) into ``config_type``.
+
+    Environment references are resolved first; errors raise
+    :class:`ConfigError` naming the key and the value.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        data = resolve_env_refs(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    try:
+        # Not strict: values from environment references are strings ("8080").
+        return msgspec.convert(data, config_type, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_describe(exc, data, source)) from None
+
+
+def _parse_file(path: Path) -> Any:
+    suffix = path.suffix.lower()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        if suffix in (".yaml", ".yml"):
+            return msgspec.yaml.decode(raw)
+        if suffix == ".json":
+            return msgspec.json.decode(raw)
+        if suffix == ".toml":
+            return msgspec.toml.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: cannot parse: {exc}") from None
+    raise ConfigError(f"{path}: unsupported configuration type {suffix!r} (yaml, yml, json, toml)")
+
+
+def load_config(
+    path: Path | str,
+    config_type: type[ConfigT] = FusionServerConfig,  # type: ignore[assignment]
+) -> ConfigT:
+    """Read a YAML, JSON or TOML file into ``config_type``.
+
+    Raises :class:`ConfigError` with a one-line message naming the file, the
+    bad key and its value.
+    """
+    path = Path(path)
+    return decode_config(_parse_file(path), config_type, source=str(path))

@@ -1,0 +1,113 @@
+"""FusionConstantAPI: the service constant, read from a file and reloaded when it changes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from aiohttp import web
+
+from fusion.concept import ConceptError, Constant
+from fusion.helper.aiohttp import FusionHTTPError, json_response
+from fusion.server.appkeys import AUTH, CONSTANT
+from fusion.server.constant.config import FusionConstantAPIConfig
+
+__all__ = ["FusionConstantAPI"]
+
+_LOGGER = logging.getLogger("fusion.server.constant")
+
+ConstantT = TypeVar("ConstantT", bound=Constant)
+# What identifies one version of the file: a change of any of these means reload.
+_Signature = tuple[int, int, int, int]
+
+
+class FusionConstantAPI(Generic[ConstantT]):
+    """Serves the service's Constant subclass from ``config.path``.
+
+    The file is checked at most every ``reload_interval`` seconds, with one
+    ``stat`` (modification time, size, inode, device), and read again only
+    when that changed. A broken edit keeps the last good constant and logs the
+    error; while no file exists the route answers 503.
+    """
+
+    def __init__(
+        self,
+        config: FusionConstantAPIConfig,
+        constant_type: type[ConstantT] = Constant,  # type: ignore[assignment]
+    ) -> None:
+        self.config = config
+        self.constant_type = constant_type
+        self.filepath: Path = config.filepath
+        self._constant: ConstantT | None = None
+        self._signature: _Signature | None = None
+        self._checked = -float("inf")
+        self._lock = asyncio.Lock()
+
+    def setup(self, app: web.Application) -> None:
+        app[CONSTANT] = self
+        app.router.add_get("/api/constant", self.get_constant)
+
+    @property
+    def current(self) -> ConstantT | None:
+        """The last good constant (without checking the file)."""
+        return self._constant
+
+    def _stat(self) -> _Signature | None:
+        try:
+            st = os.stat(self.filepath)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+
+    async def refresh(self, *, force: bool = False) -> ConstantT | None:
+        """Check the file (at most every ``reload_interval`` seconds) and reload it if changed.
+
+        Returns the constant to serve: None when the file does not exist.
+        """
+        now = time.monotonic()
+        if not force and now - self._checked < self.config.reload_interval:
+            return self._constant
+        self._checked = now
+        signature = self._stat()
+        if signature is None:
+            if self._constant is not None:
+                _LOGGER.warning("constant file %s is gone", self.filepath)
+            self._constant = None
+            self._signature = None
+            return None
+        if signature == self._signature:
+            return self._constant
+        async with self._lock:
+            if signature == self._signature:
+                return self._constant
+            # Remembered even when the edit is broken, so the error is logged
+            # once per edit and not at every check.
+            self._signature = signature
+            try:
+                constant = await asyncio.to_thread(self.constant_type.from_filepath, self.filepath)
+            except ConceptError as exc:
+                if self._constant is None:
+                    _LOGGER.error("constant file %s is invalid: %s", self.filepath, exc)
+                else:
+                    _LOGGER.error(
+                        "constant file %s is invalid, keeping the previous constant: %s",
+                        self.filepath,
+                        exc,
+                    )
+                return self._constant
+            self._constant = constant
+            _LOGGER.info("constant loaded from %s", self.filepath)
+        return self._constant
+
+    async def get_constant(self, request: web.Request) -> web.Response:
+        """``GET /api/constant``: the service constant; 503 while the file is missing."""
+        if self.config.require_auth:
+            await request.app[AUTH].authenticate(request)
+        constant = await self.refresh()
+        if constant is None:
+            raise FusionHTTPError(503, "constant not available")
+        return json_response(constant)
