@@ -1,12 +1,18 @@
-"""Storage of a Fusion server: the FusionStorage interface and its SQLite default."""
+"""Storage of a Fusion server: the FusionStorage interface and its SQLite default,
+per-object directories for service files, and the synchronizers' sync tree."""
 
 from fusion.server.storage.base import CaseExistsError, CaseNotFoundError, FusionStorage
+from fusion.server.storage.concept_storage import ConceptStorage
 from fusion.server.storage.sqlite import SQLiteStorage, StorageClosedError
+from fusion.server.storage.sync_tree import SyncState, SyncTree
 
 __all__ = [
     "CaseExistsError",
     "CaseNotFoundError",
+    "ConceptStorage",
     "FusionStorage",
     "SQLiteStorage",
     "StorageClosedError",
+    "SyncState",
+    "SyncTree",
 ]
