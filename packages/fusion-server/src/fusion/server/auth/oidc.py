@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import asyncio
+import base64
+import hashlib
+import logging
+import ssl
+import time
+from collections import OrderedDict
+from typing import Any, Literal, NamedTuple
+from urllib.parse import quote_plus
 
+import aiohttp
+import jwt
 import msgspec
 
 from fusion.concept import AuthInfo, Identity
-from fusion.server.auth.backend import FusionAuthBackend, FusionAuthBackendConfig
+from fusion.server.auth.backend import (
+    BackendUnavailableError,
+    FusionAuthBackend,
+    FusionAuthBackendConfig,
+    LoginBodyError,
+)
 
-__all__ = ["OIDCBackend", "OIDCBackendConfig"]
+__all__ = ["ASYMMETRIC_ALGORITHMS", "OIDCBackend", "OIDCBackendConfig"]
+
+_LOGGER = logging.getLogger(__name__)
+
+# Signature algorithms whose verification key is public. HMAC (HS*) would let
+# anyone holding the JWKS (public) forge tokens; "none" is no signature.
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+_KEY_TYPE_OF = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+_CURVE_OF = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 
 
 class OIDCBackendConfig(FusionAuthBackendConfig, tag="oidc", kw_only=True):
@@ -53,20 +78,428 @@ class OIDCBackendConfig(FusionAuthBackendConfig, tag="oidc", kw_only=True):
     bearer_cache_ttl: float = 60.0
     """Validated Bearer tokens are remembered this long (never past their exp)."""
 
+    def __post_init__(self) -> None:
+        # Raised at decode time, so the config loader names the bad key.
+        if not self.issuer.startswith(("https://", "http://")):
+            raise ValueError("issuer must be an http(s) URL")
+        if not self.algorithms:
+            raise ValueError("algorithms must not be empty")
+        refused = [name for name in self.algorithms if name not in ASYMMETRIC_ALGORITHMS]
+        if refused:
+            raise ValueError(
+                f"algorithms {refused} refused: only asymmetric signatures "
+                f"({', '.join(sorted(ASYMMETRIC_ALGORITHMS))}), never none or HS*"
+            )
+        if not self.username_claim:
+            raise ValueError("username_claim must not be empty")
+        if self.leeway < 0 or self.leeway > 600:
+            raise ValueError("leeway must be between 0 and 600 seconds")
+        if self.timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if self.bearer_cache_size < 0 or self.bearer_cache_ttl < 0:
+            raise ValueError("bearer_cache_size and bearer_cache_ttl must not be negative")
+        if self.jwks_min_refetch_interval < 0 or self.jwks_cache_ttl <= 0:
+            raise ValueError("jwks_cache_ttl must be positive, jwks_min_refetch_interval >= 0")
+
     def build(self) -> OIDCBackend:
         return OIDCBackend(self)
 
 
+class _ProviderMetadata(msgspec.Struct, kw_only=True):
+    issuer: str
+    authorization_endpoint: str | None = None
+    token_endpoint: str | None = None
+    jwks_uri: str
+    end_session_endpoint: str | None = None
+
+
+_METADATA_DECODER = msgspec.json.Decoder(_ProviderMetadata)
+
+
+class _TokenResponse(msgspec.Struct):
+    access_token: str | None = None
+    id_token: str | None = None
+
+
+_TOKEN_RESPONSE_DECODER = msgspec.json.Decoder(_TokenResponse)
+
+
+class _JWKS(msgspec.Struct):
+    keys: list[dict[str, Any]]
+
+
+_JWKS_DECODER = msgspec.json.Decoder(_JWKS)
+
+
+class _Key(NamedTuple):
+    jwk: jwt.PyJWK
+    # "alg" and "crv" as the JWKS declares them (None when absent)
+    alg: str | None
+    curve: str | None
+
+
+class _Refused(Exception):
+    """A token that does not validate: the reason is logged, the caller gets None."""
+
+
 class OIDCBackend(FusionAuthBackend):
-    """Validates the provider's tokens; logs in with the authorization code."""
+    """Validates the provider's tokens; logs in with the authorization code.
+
+    Discovery and the JWKS are fetched at startup when the provider answers
+    (later otherwise) and kept; keys are refetched after ``jwks_cache_ttl``,
+    or sooner when a token names an unknown ``kid`` (at most once per
+    ``jwks_min_refetch_interval``), so the provider can rotate keys.
+    """
 
     type = "oidc"
 
     def __init__(self, config: OIDCBackendConfig) -> None:
         self.config = config
+        self._audience = config.audience or [config.client_id]
+        self._session: aiohttp.ClientSession | None = None
+        self._metadata: _ProviderMetadata | None = None
+        self._keys: dict[str | None, _Key] = {}
+        self._keys_fetched_at = -float("inf")
+        self._last_refetch = -float("inf")
+        self._lock = asyncio.Lock()
+        # sha256(token) -> (identity, monotonic deadline)
+        self._bearer_cache: OrderedDict[bytes, tuple[Identity, float]] = OrderedDict()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        self._client_session()
+        try:
+            await self._ensure_keys()
+        except BackendUnavailableError as error:
+            # The server still starts: logins answer 503 until the provider is back.
+            _LOGGER.warning("%s (will retry on the next login)", error)
+
+    async def shutdown(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _client_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            config = self.config
+            ssl_option: ssl.SSLContext | bool = True
+            if not config.tls_verify:
+                ssl_option = False
+            elif config.ca_file:
+                ssl_option = ssl.create_default_context(cafile=config.ca_file)
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=config.timeout),
+                connector=aiohttp.TCPConnector(ssl=ssl_option),
+                raise_for_status=False,
+            )
+        return self._session
+
+    # -- FusionAuthBackend ------------------------------------------------------------
+
+    def login_username(self, data: dict[str, Any]) -> str | None:
+        # The code names nobody before the exchange: throttle per address only.
+        return None
 
     async def login(self, data: dict[str, Any]) -> Identity | None:
-        raise NotImplementedError
+        code = data.get("code")
+        verifier = data.get("code_verifier")
+        nonce = data.get("nonce")
+        if not isinstance(code, str) or not code:
+            raise LoginBodyError('oidc login needs {"code": str, "code_verifier"?: str}')
+        if verifier is not None and (not isinstance(verifier, str) or not verifier):
+            raise LoginBodyError("code_verifier must be a non-empty string")
+        if nonce is not None and not isinstance(nonce, str):
+            raise LoginBodyError("nonce must be a string")
+        tokens = await self._exchange_code(code, verifier)
+        if tokens is None:
+            return None
+        token = (
+            tokens.id_token if self.config.identity_source == "id_token" else tokens.access_token
+        )
+        if not token:
+            _LOGGER.warning("OIDC token endpoint answered without %s", self.config.identity_source)
+            return None
+        try:
+            claims = await self._validate(token)
+            if nonce is not None and claims.get("nonce") != nonce:
+                raise _Refused("nonce mismatch")
+            return self._identity(claims)
+        except _Refused as refused:
+            _LOGGER.info("OIDC login refused: %s", refused)
+            return None
+
+    async def authenticate_bearer(self, token: str) -> Identity | None:
+        digest = hashlib.sha256(token.encode(errors="surrogateescape")).digest()
+        cached = self._bearer_cache.get(digest)
+        now = time.monotonic()
+        if cached is not None:
+            identity, deadline = cached
+            if now < deadline:
+                self._bearer_cache.move_to_end(digest)
+                return Identity(username=identity.username, groups=set(identity.groups))
+            del self._bearer_cache[digest]
+        try:
+            claims = await self._validate(token)
+            identity = self._identity(claims)
+        except _Refused as refused:
+            _LOGGER.info("Bearer token refused: %s", refused)
+            return None
+        self._remember(digest, identity, claims)
+        return Identity(username=identity.username, groups=set(identity.groups))
 
     def info(self) -> AuthInfo:
-        return AuthInfo(type=self.type, parameters={})
+        config = self.config
+        metadata = self._metadata
+        return AuthInfo(
+            type=self.type,
+            parameters={
+                "issuer": config.issuer,
+                "authorization_endpoint": metadata.authorization_endpoint if metadata else None,
+                "end_session_endpoint": metadata.end_session_endpoint if metadata else None,
+                "client_id": config.client_id,
+                "redirect_uri": config.redirect_uri,
+                "scopes": list(config.scopes),
+            },
+        )
+
+    # -- bearer cache -----------------------------------------------------------------
+
+    def _remember(self, digest: bytes, identity: Identity, claims: dict[str, Any]) -> None:
+        size = self.config.bearer_cache_size
+        if size == 0 or self.config.bearer_cache_ttl == 0:
+            return
+        lifetime = self.config.bearer_cache_ttl
+        expires = claims.get("exp")
+        if isinstance(expires, int | float):
+            # Never trust a cached token past its own expiry.
+            lifetime = min(lifetime, float(expires) - time.time())
+        if lifetime <= 0:
+            return
+        self._bearer_cache[digest] = (identity, time.monotonic() + lifetime)
+        self._bearer_cache.move_to_end(digest)
+        while len(self._bearer_cache) > size:
+            self._bearer_cache.popitem(last=False)
+
+    # -- provider ---------------------------------------------------------------------
+
+    def _unavailable(self, what: str, error: object) -> BackendUnavailableError:
+        return BackendUnavailableError(
+            f"OIDC provider {self.config.issuer} unreachable ({what}): {error}"
+        )
+
+    async def _get_json(self, url: str, what: str) -> bytes:
+        try:
+            async with self._client_session().get(url) as response:
+                body = await response.read()
+                if response.status != 200:
+                    raise self._unavailable(what, f"HTTP {response.status}")
+                return body
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise self._unavailable(what, error or type(error).__name__) from None
+
+    async def _ensure_metadata(self) -> _ProviderMetadata:
+        if self._metadata is not None:
+            return self._metadata
+        config = self.config
+        url = config.discovery_url or (
+            config.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        )
+        body = await self._get_json(url, "discovery")
+        try:
+            metadata = _METADATA_DECODER.decode(body)
+        except msgspec.DecodeError as error:
+            raise self._unavailable("discovery", f"invalid document: {error}") from None
+        if metadata.issuer != config.issuer:
+            # OpenID Connect Discovery 1.0, section 4.3: they must be identical.
+            raise self._unavailable("discovery", f"the document names issuer {metadata.issuer!r}")
+        self._metadata = metadata
+        return metadata
+
+    async def _fetch_keys(self) -> None:
+        metadata = await self._ensure_metadata()
+        body = await self._get_json(metadata.jwks_uri, "jwks")
+        try:
+            document = _JWKS_DECODER.decode(body)
+        except msgspec.DecodeError as error:
+            raise self._unavailable("jwks", f"invalid document: {error}") from None
+        keys: dict[str | None, _Key] = {}
+        for entry in document.keys:
+            # Only public signature keys: a symmetric ("oct") key in a JWKS
+            # would be an HMAC secret that everybody can read.
+            if entry.get("kty") not in ("RSA", "EC", "OKP") or entry.get("use", "sig") != "sig":
+                continue
+            try:
+                key = jwt.PyJWK(entry)
+            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
+                continue
+            alg, curve = entry.get("alg"), entry.get("crv")
+            keys[key.key_id] = _Key(
+                key,
+                alg if isinstance(alg, str) else None,
+                curve if isinstance(curve, str) else None,
+            )
+        self._keys = keys
+        self._keys_fetched_at = time.monotonic()
+
+    async def _ensure_keys(self) -> None:
+        if time.monotonic() - self._keys_fetched_at < self.config.jwks_cache_ttl:
+            return
+        async with self._lock:
+            if time.monotonic() - self._keys_fetched_at < self.config.jwks_cache_ttl:
+                return
+            try:
+                await self._fetch_keys()
+            except BackendUnavailableError:
+                if not self._keys:
+                    raise
+                # Stale keys still validate tokens while the provider is away.
+                _LOGGER.warning("OIDC JWKS refresh failed, keeping the previous keys")
+
+    async def _key_for(self, kid: str | None, alg: str) -> _Key:
+        await self._ensure_keys()
+        key = self._pick(kid, alg)
+        if key is None and time.monotonic() - self._last_refetch >= (
+            self.config.jwks_min_refetch_interval
+        ):
+            async with self._lock:
+                key = self._pick(kid, alg)
+                if key is None and time.monotonic() - self._last_refetch >= (
+                    self.config.jwks_min_refetch_interval
+                ):
+                    self._last_refetch = time.monotonic()
+                    await self._fetch_keys()
+                    key = self._pick(kid, alg)
+        if key is None:
+            raise _Refused(f"no key {kid!r} for {alg} in the provider's JWKS")
+        return key
+
+    def _pick(self, kid: str | None, alg: str) -> _Key | None:
+        if kid is None:
+            # A provider with one key may omit kid; several keys would be a guess.
+            usable = [key for key in self._keys.values() if _fits(key, alg)]
+            return usable[0] if len(usable) == 1 else None
+        key = self._keys.get(kid)
+        return key if key is not None and _fits(key, alg) else None
+
+    async def _exchange_code(self, code: str, verifier: str | None) -> _TokenResponse | None:
+        metadata = await self._ensure_metadata()
+        if not metadata.token_endpoint:
+            raise self._unavailable("token", "the provider has no token_endpoint")
+        config = self.config
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": config.redirect_uri,
+            "client_id": config.client_id,
+        }
+        if verifier is not None:
+            form["code_verifier"] = verifier
+        headers = {"Accept": "application/json"}
+        if config.client_secret is not None:
+            if config.client_auth_method == "client_secret_basic":
+                # RFC 6749 section 2.3.1: each part form-urlencoded, then Basic.
+                pair = f"{quote_plus(config.client_id)}:{quote_plus(config.client_secret)}"
+                headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+            else:
+                form["client_secret"] = config.client_secret
+        try:
+            async with self._client_session().post(
+                metadata.token_endpoint,
+                data=form,
+                headers=headers,
+            ) as response:
+                body = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise self._unavailable("token", error or type(error).__name__) from None
+        if status >= 500:
+            raise self._unavailable("token", f"HTTP {status}")
+        if status == 401:
+            # No user can cause this: the server's client_id/client_secret are wrong.
+            raise BackendUnavailableError(
+                f"OIDC provider {config.issuer} refused the client credentials "
+                f"of {config.client_id!r} (invalid_client)"
+            )
+        if status != 200:
+            # invalid_grant (bad, used or expired code, PKCE mismatch) or
+            # invalid_client: the login is refused.
+            _LOGGER.info("OIDC code exchange refused: HTTP %s %s", status, body[:200])
+            return None
+        try:
+            return _TOKEN_RESPONSE_DECODER.decode(body)
+        except msgspec.DecodeError as error:
+            raise self._unavailable("token", f"invalid answer: {error}") from None
+
+    # -- validation -------------------------------------------------------------------
+
+    async def _validate(self, token: str) -> dict[str, Any]:
+        config = self.config
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as error:
+            raise _Refused(f"malformed token: {error}") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in config.algorithms:
+            raise _Refused(f"algorithm {alg!r} not allowed")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise _Refused("kid is not a string")
+        key = await self._key_for(kid, alg)
+        required = sorted({*config.required_claims, "exp", "iss", "aud"})
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key=key.jwk.key,
+                algorithms=[alg],
+                audience=self._audience,
+                issuer=config.issuer,
+                leeway=config.leeway,
+                options={"require": required, "verify_signature": True},
+            )
+        except jwt.InvalidTokenError as error:
+            raise _Refused(str(error)) from None
+        issued = claims.get("iat")
+        if issued is not None and (
+            not isinstance(issued, int | float) or issued > time.time() + config.leeway
+        ):
+            raise _Refused("iat is in the future")
+        return claims
+
+    def _identity(self, claims: dict[str, Any]) -> Identity:
+        config = self.config
+        username = _claim(claims, config.username_claim)
+        if not isinstance(username, str) or not username:
+            raise _Refused(f"claim {config.username_claim!r} missing or not a string")
+        groups: set[str] = set()
+        if config.groups_claim:
+            value = _claim(claims, config.groups_claim)
+            if isinstance(value, str):
+                groups = {value}
+            elif isinstance(value, list):
+                groups = {item for item in value if isinstance(item, str) and item}
+        if config.allowed_groups and not groups.intersection(config.allowed_groups):
+            raise _Refused(f"{username} is in none of the allowed groups")
+        return Identity(username=username, groups=groups)
+
+
+def _fits(key: _Key, alg: str) -> bool:
+    """True when ``key`` may verify ``alg`` (an RSA key never verifies ES256...)."""
+    if key.jwk.key_type != _KEY_TYPE_OF.get(alg[:2]):
+        return False
+    if key.alg is not None and key.alg != alg:
+        return False
+    curve = _CURVE_OF.get(alg)
+    return curve is None or key.curve == curve
+
+
+def _claim(claims: dict[str, Any], path: str) -> Any:
+    """A claim by dotted path: ``realm_access.roles``; a literal dotted key wins."""
+    if path in claims:
+        return claims[path]
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
