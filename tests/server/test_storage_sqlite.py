@@ -364,7 +364,7 @@ def _total_changes_on_disk(path: Path) -> bytes:
 # -- across processes -----------------------------------------------------------------------
 
 
-async def test_writes_of_another_process_are_seen_on_next_read(tmp_path: Path) -> None:
+async def test_two_processes_see_each_others_writes(tmp_path: Path) -> None:
     async with SQLiteStorage(tmp_path) as storage:
         kept, changed, deleted = Case(name="kept"), Case(name="before"), Case(name="gone")
         for case in (kept, changed, deleted):
@@ -380,7 +380,11 @@ async def test_writes_of_another_process_are_seen_on_next_read(tmp_path: Path) -
         run_other_process(
             tmp_path,
             f"""
+            # It sees what we wrote...
             case = await storage.retrieve_case(UUID("{changed.guid}"))
+            assert case is not None and case.name == "before", case
+            assert len(await storage.enumerate_cases()) == 3
+            # ...and writes of its own.
             case.name = "changed by the replica"
             await storage.update_case(case)
             assert await storage.delete_case(UUID("{deleted.guid}"))
@@ -405,18 +409,56 @@ async def test_writes_of_another_process_are_seen_on_next_read(tmp_path: Path) -
         assert await storage.enumerate_identities() == [Identity(username="replica-user")]
 
 
-async def test_another_process_sees_our_writes(tmp_path: Path) -> None:
-    async with SQLiteStorage(tmp_path) as storage:
-        case = Case(name="from the first process", acs={"a"})
-        await storage.create_case(case)
-        run_other_process(
-            tmp_path,
-            f"""
-            case = await storage.retrieve_case(UUID("{case.guid}"))
-            assert case is not None and case.name == "from the first process", case
-            assert case.acs == {{"a"}}
-            """,
+_CONCURRENT_WRITER = """
+import asyncio, sys
+from pathlib import Path
+from uuid import UUID
+from fusion.concept import Case, Identity
+from fusion.server.storage import CaseExistsError, SQLiteStorage
+
+async def main() -> None:
+    async with SQLiteStorage(Path(sys.argv[1]), busy_timeout=30) as storage:
+        for i in range(20):
+            await storage.create_case(Case(name=sys.argv[2] + "-" + str(i)))
+            try:
+                await storage.create_case(Case(guid=UUID(sys.argv[3]), name=sys.argv[2]))
+            except CaseExistsError:
+                pass
+            await storage.store_identity(Identity(username="shared", groups={sys.argv[2]}))
+
+asyncio.run(main())
+"""
+
+
+async def test_several_processes_write_one_fresh_file(tmp_path: Path) -> None:
+    # Started together on a file that does not exist yet: WAL switch, schema
+    # creation and writes all contend, and busy_timeout must sort them out.
+    contested = uuid4()
+    writers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _CONCURRENT_WRITER,
+            str(tmp_path),
+            f"p{index}",
+            str(contested),
+            stderr=asyncio.subprocess.PIPE,
         )
+        for index in range(3)
+    ]
+    for writer in writers:
+        _, stderr = await writer.communicate()
+        assert writer.returncode == 0, stderr.decode()
+    async with SQLiteStorage(tmp_path) as storage:
+        cases = await storage.enumerate_cases()
+        names = {case.name for case in cases}
+        assert len(cases) == 3 * 20 + 1
+        assert {f"p{p}-{i}" for p in range(3) for i in range(20)} <= names
+        winner = await storage.retrieve_case(contested)
+        assert winner is not None
+        assert winner.name in {"p0", "p1", "p2"}
+        identities = await storage.enumerate_identities()
+        assert [identity.username for identity in identities] == ["shared"]
 
 
 # -- the event loop ------------------------------------------------------------------------------
