@@ -221,9 +221,9 @@ def test_config_validation() -> None:
     with pytest.raises(ConceptError, match="api_url"):
         FusionClientConfig(api_url="ftp://example.org")
     with pytest.raises(ConceptError, match="fingerprint"):
-        FusionClientConfig.from_dict({"api_url": "https://h", "ssl": {"fingerprint": "zz"}})
-    with pytest.raises(ConceptError, match="verfy"):
-        FusionClientConfig.from_dict({"api_url": "https://h", "ssl": {"verfy": False}})
+        FusionClientConfig.from_dict({"api_url": "https://h", "ssl": "zz"})
+    with pytest.raises(ConceptError, match="tiemout"):
+        FusionClientConfig.from_dict({"api_url": "https://h", "tiemout": {}})
     config = FusionClientConfig.from_dict(
         {
             "api_url": "https://h:8443",

@@ -22,6 +22,7 @@ from fusion.client import (
     FusionInfoAPIClient,
 )
 from fusion.concept import Info
+from fusion.helper.config import ConfigError
 
 if TYPE_CHECKING:
     from tests.client.conftest import StartServer
@@ -141,21 +142,19 @@ async def test_private_ca_file_is_trusted(tls_url: str, tls_files: TLSFiles) -> 
 async def test_right_fingerprint_is_accepted(tls_url: str, tls_files: TLSFiles) -> None:
     colon_form = ":".join(tls_files.fingerprint[i : i + 2] for i in range(0, 64, 2)).upper()
     for fingerprint in (tls_files.fingerprint, colon_form):
-        config = FusionClientConfig.from_dict(
-            {"api_url": tls_url, "ssl": {"fingerprint": fingerprint}}
-        )
+        config = FusionClientConfig.from_dict({"api_url": tls_url, "ssl": fingerprint})
         assert (await _info(config)).api == "fusion-test"
 
 
 async def test_wrong_fingerprint_is_refused(tls_url: str, tls_files: TLSFiles) -> None:
     wrong = hashlib.sha256(b"another certificate").hexdigest()
-    config = FusionClientConfig.from_dict({"api_url": tls_url, "ssl": {"fingerprint": wrong}})
+    config = FusionClientConfig.from_dict({"api_url": tls_url, "ssl": wrong})
     with pytest.raises(FusionConnectionError, match="pinned fingerprint"):
         await _info(config)
 
 
 async def test_verify_false_skips_checks(tls_url: str) -> None:
-    config = FusionClientConfig.from_dict({"api_url": tls_url, "ssl": {"verify": False}})
+    config = FusionClientConfig.from_dict({"api_url": tls_url, "ssl": False})
     assert (await _info(config)).version == "9.9.9"
 
 
@@ -163,5 +162,5 @@ def test_missing_ca_file_is_a_clear_error(tmp_path: Path) -> None:
     config = FusionClientConfig.from_dict(
         {"api_url": "https://127.0.0.1:1", "ssl": {"cafile": str(tmp_path / "none.pem")}}
     )
-    with pytest.raises(FusionConnectionError, match="cannot load CA file"):
+    with pytest.raises(ConfigError, match="cannot load CA certificates"):
         FusionClient(config)

@@ -11,7 +11,6 @@ from fusion.client.client import USER_AGENT, FusionClient
 from fusion.client.config import (
     FusionClientConfig,
     FusionClientProxyConfig,
-    FusionClientSSLConfig,
     FusionClientTimeoutConfig,
 )
 from fusion.client.download import FusionDownloadAPIClient, ProgressCallback, safe_filename
@@ -27,7 +26,6 @@ __all__ = [
     "FusionClientConfig",
     "FusionClientError",
     "FusionClientProxyConfig",
-    "FusionClientSSLConfig",
     "FusionClientTimeoutConfig",
     "FusionConnectionError",
     "FusionConstantAPIClient",

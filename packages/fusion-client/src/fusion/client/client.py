@@ -5,7 +5,6 @@ from __future__ import annotations
 import json as _stdlib_json
 import logging
 import os
-import ssl
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -21,6 +20,7 @@ from yarl import URL
 from fusion.client.__about__ import __version__
 from fusion.client.config import FusionClientConfig
 from fusion.client.errors import FusionAPIError, FusionConnectionError
+from fusion.helper.config import load_ssl_config
 
 __all__ = ["USER_AGENT", "FusionClient"]
 
@@ -91,20 +91,6 @@ def error_message(status: int, body: bytes, reason: str | None) -> str:
     return message or reason or f"HTTP {status}"
 
 
-def _ssl_setting(config: FusionClientConfig) -> bool | ssl.SSLContext | aiohttp.Fingerprint:
-    settings = config.ssl
-    if settings.fingerprint is not None:
-        return aiohttp.Fingerprint(bytes.fromhex(settings.fingerprint.replace(":", "")))
-    if not settings.verify:
-        return False
-    if settings.cafile is not None:
-        try:
-            return ssl.create_default_context(cafile=settings.cafile)
-        except (OSError, ssl.SSLError) as exc:
-            raise FusionConnectionError(f"cannot load CA file {settings.cafile}: {exc}") from exc
-    return True
-
-
 class FusionClient:
     """One ``aiohttp.ClientSession`` to one Fusion service.
 
@@ -118,7 +104,8 @@ class FusionClient:
     def __init__(self, config: FusionClientConfig) -> None:
         self.config = config
         self.base_url = URL(config.api_url.rstrip("/") + "/")
-        self._ssl = _ssl_setting(config)
+        # Raises fusion.helper.config.ConfigError naming the bad setting (CA file...).
+        self._ssl = load_ssl_config(config.ssl)
         self._session: aiohttp.ClientSession | None = None
         self._cookie_jar: aiohttp.CookieJar | None = None
         proxy = config.proxy
@@ -201,13 +188,19 @@ class FusionClient:
         jar.update_cookies(cookies, response_url=self.base_url)
 
     def save_cookies(self, path: Path) -> None:
-        """Write this server's cookies to ``path`` (mode 0600, atomically)."""
+        """Write this server's cookies to ``path`` (mode 0600, atomically).
+
+        With no cookie left (after a logout) the file is removed instead.
+        """
         jar = self._cookie_jar
         morsels = jar.filter_cookies(self.base_url).values() if jar is not None else []
         cookies = [
             {"name": morsel.key, "value": morsel.value, "path": morsel["path"] or "/"}
             for morsel in morsels
         ]
+        if not cookies:
+            path.unlink(missing_ok=True)
+            return
         payload = _stdlib_json.dumps({"api_url": str(self.base_url), "cookies": cookies})
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=".cookies-", dir=path.parent)

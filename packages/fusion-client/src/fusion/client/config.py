@@ -6,26 +6,13 @@ import msgspec
 from yarl import URL
 
 from fusion.concept import Concept, ConceptError
+from fusion.helper.config import ConfigError, load_ssl_config
 
 __all__ = [
     "FusionClientConfig",
     "FusionClientProxyConfig",
-    "FusionClientSSLConfig",
     "FusionClientTimeoutConfig",
 ]
-
-
-class FusionClientSSLConfig(Concept, kw_only=True, forbid_unknown_fields=True):
-    """How the server's certificate is checked.
-
-    ``fingerprint`` (hex SHA-256 of the DER certificate, colons allowed) pins
-    one certificate and replaces CA verification; ``cafile`` trusts a private
-    CA; ``verify=False`` checks nothing (tests, labs).
-    """
-
-    verify: bool = True
-    cafile: str | None = None
-    fingerprint: str | None = None
 
 
 class FusionClientProxyConfig(Concept, kw_only=True, forbid_unknown_fields=True):
@@ -54,13 +41,17 @@ class FusionClientConfig(Concept, kw_only=True, forbid_unknown_fields=True):
 
     ``api_url`` is the service's base URL (``https://host:port``, optionally
     with a path prefix). ``api_key`` is sent as ``X-Fusion-API-Token`` (robot
-    clients). ``cookie_jar`` is a file where the session cookie is kept
+    clients). ``ssl`` is what :func:`fusion.helper.config.load_ssl_config`
+    reads, as in server configurations: ``true`` (system CAs), ``false`` (no
+    checks), a hex SHA-256 certificate fingerprint to pin (colons allowed),
+    or ``{"cafile": ...}`` / ``capath`` / ``cadata`` (plus ``certfile`` and
+    ``keyfile`` for a client certificate). ``cookie_jar`` is a file where the session cookie is kept
     between runs (read on open, written on close, mode 0600).
     """
 
     api_url: str
     api_key: str | None = None
-    ssl: FusionClientSSLConfig = msgspec.field(default_factory=FusionClientSSLConfig)
+    ssl: bool | str | dict[str, str] = True
     proxy: FusionClientProxyConfig | None = None
     trust_env: bool = False
     timeout: FusionClientTimeoutConfig = msgspec.field(default_factory=FusionClientTimeoutConfig)
@@ -72,9 +63,9 @@ class FusionClientConfig(Concept, kw_only=True, forbid_unknown_fields=True):
             raise ConceptError(
                 f"invalid api_url {self.api_url!r}: expected http(s)://host[:port][/prefix]"
             )
-        if self.ssl.fingerprint is not None:
-            digest = self.ssl.fingerprint.replace(":", "").lower()
-            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-                raise ConceptError(
-                    "invalid ssl.fingerprint: expected the hex SHA-256 of the certificate"
-                )
+        if isinstance(self.ssl, str):
+            # Checked here so a bad fingerprint fails when the config is read.
+            try:
+                load_ssl_config(self.ssl)
+            except ConfigError as exc:
+                raise ConceptError(str(exc)) from None
