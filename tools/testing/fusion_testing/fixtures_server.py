@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
 import pytest
 from aiohttp import web
@@ -35,10 +36,15 @@ __all__ = [
     "FEDERATION_KEY",
     "ROBOT_KEY",
     "TEST_USERS",
+    "HTTPSessionFactory",
     "RunningServer",
+    "ServerFactory",
     "ServerProcess",
+    "call",
     "cheap_password_hash",
     "fusion_server",
+    "http_sessions",
+    "login",
     "server_config",
     "server_config_dict",
     "server_process",
@@ -289,3 +295,51 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
     else:
         path.write_bytes(msgspec.json.encode(config))
     return path
+
+
+async def call(
+    session: aiohttp.ClientSession, method: str, path: str, **kwargs: Any
+) -> tuple[int, Any]:
+    """One request: ``(status, decoded JSON body or None when empty)``."""
+    async with session.request(method, path, **kwargs) as response:
+        body = await response.read()
+        return response.status, (msgspec.json.decode(body) if body else None)
+
+
+async def login(
+    session: aiohttp.ClientSession, username: str, password: str | None = None
+) -> tuple[int, Any]:
+    """``POST /api/auth/login`` (password from :data:`TEST_USERS` when omitted)."""
+    if password is None:
+        password = TEST_USERS[username][0]
+    return await call(
+        session,
+        "POST",
+        "/api/auth/login",
+        json={"data": {"username": username, "password": password}},
+    )
+
+
+HTTPSessionFactory = Callable[..., aiohttp.ClientSession]
+
+
+@pytest.fixture
+async def http_sessions() -> AsyncIterator[HTTPSessionFactory]:
+    """``http_sessions(base_url, **ClientSession kwargs)``: sessions closed at the end.
+
+    Their cookie jar accepts cookies from IP addresses (aiohttp's default jar
+    ignores them), so a login on ``127.0.0.1`` sticks.
+    """
+    sessions: list[aiohttp.ClientSession] = []
+
+    def make(base_url: str, **kwargs: Any) -> aiohttp.ClientSession:
+        kwargs.setdefault("cookie_jar", aiohttp.CookieJar(unsafe=True))
+        session = aiohttp.ClientSession(base_url, **kwargs)
+        sessions.append(session)
+        return session
+
+    try:
+        yield make
+    finally:
+        for session in sessions:
+            await session.close()

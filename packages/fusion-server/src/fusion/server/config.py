@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, overload
 
 import msgspec
 
@@ -183,14 +183,23 @@ def _parse_file(path: Path) -> Any:
         if suffix == ".toml":
             return msgspec.toml.decode(raw)
     except msgspec.DecodeError as exc:
-        raise ConfigError(f"{path}: cannot parse: {exc}") from None
+        # YAML errors span lines; the CLI prints one line.
+        detail = " ".join(str(exc).split()).replace('"<byte string>", ', "")
+        raise ConfigError(f"{path}: cannot parse: {detail}") from None
     raise ConfigError(f"{path}: unsupported configuration type {suffix!r} (yaml, yml, json, toml)")
 
 
+@overload
+def load_config(path: Path | str) -> FusionServerConfig: ...
+
+
+@overload
+def load_config(path: Path | str, config_type: type[ConfigT]) -> ConfigT: ...
+
+
 def load_config(
-    path: Path | str,
-    config_type: type[ConfigT] = FusionServerConfig,  # type: ignore[assignment]
-) -> ConfigT:
+    path: Path | str, config_type: type[FusionServerConfig] = FusionServerConfig
+) -> FusionServerConfig:
     """Read a YAML, JSON or TOML file into ``config_type``.
 
     Raises :class:`ConfigError` with a one-line message naming the file, the

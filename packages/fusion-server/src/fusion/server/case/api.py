@@ -133,7 +133,7 @@ class FusionCaseAPI(Generic[CaseT]):
         return None
 
     # -- helpers ----------------------------------------------------------------
-    def _check_case(self, identity: Identity, case: Case) -> None:
+    async def _check_case(self, identity: Identity, case: Case) -> None:
         if len(case.webhooks) > self.config.max_webhooks:
             raise FusionHTTPError(
                 400, f"a case carries at most {self.config.max_webhooks} webhooks"
@@ -145,7 +145,7 @@ class FusionCaseAPI(Generic[CaseT]):
         if case.acs or case.acs_ro or self.auth.is_federation(identity) or self._app is None:
             return
         constant_api = self._app.get(CONSTANT)
-        constant = None if constant_api is None else constant_api.current
+        constant = None if constant_api is None else await constant_api.refresh()
         if constant is not None and not constant.allow_empty_acs:
             raise FusionHTTPError(400, "acs must not be empty (this service forbids open cases)")
 
@@ -181,7 +181,7 @@ class FusionCaseAPI(Generic[CaseT]):
         identity = await self.auth.authorize(request, CREATE_CASE)
         case = await read_concept(request, self.case_type, self.max_body_size)
         case.managed = self.auth.is_federation(identity)
-        self._check_case(identity, case)
+        await self._check_case(identity, case)
         try:
             case = await self.create_case_impl(identity, case)
         except CaseExistsError as exc:
@@ -210,7 +210,7 @@ class FusionCaseAPI(Generic[CaseT]):
             case.update(changes)
         except ConceptError as exc:
             raise FusionHTTPError(400, str(exc)) from None
-        self._check_case(identity, case)
+        await self._check_case(identity, case)
         try:
             case = await self.update_case_impl(identity, case)
         except CaseNotFoundError:

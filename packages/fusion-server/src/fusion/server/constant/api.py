@@ -50,6 +50,10 @@ class FusionConstantAPI(Generic[ConstantT]):
     def setup(self, app: web.Application) -> None:
         app[CONSTANT] = self
         app.router.add_get("/api/constant", self.get_constant)
+        app.on_startup.append(self._load_at_startup)
+
+    async def _load_at_startup(self, app: web.Application) -> None:
+        await self.refresh(force=True)
 
     @property
     def current(self) -> ConstantT | None:
