@@ -456,3 +456,24 @@ async def test_concurrent_logins(
     )
     for index, result in enumerate(results):
         assert (result is None) == (index % 3 == 0)
+
+
+async def test_a_base_that_does_not_exist_finds_nobody(
+    slapd_server: SlapdServer, backend_of: Callable[[LDAPBackendConfig], LDAPBackend]
+) -> None:
+    backend = backend_of(search_config(slapd_server, user_base=f"ou=nowhere,{SUFFIX}"))
+    assert await login(backend, "alice", "alice-secret") is None
+    groups_elsewhere = search_config(
+        slapd_server, group_source="search", group_base=f"ou=nowhere,{SUFFIX}"
+    )
+    assert await login(backend_of(groups_elsewhere), "alice", "alice-secret") == ("alice", set())
+
+
+async def test_a_missing_ca_file_is_unavailable_not_a_crash(
+    slapd_server: SlapdServer,
+    backend_of: Callable[[LDAPBackendConfig], LDAPBackend],
+    tmp_path: Path,
+) -> None:
+    config = search_config(slapd_server, start_tls=True, ca_file=str(tmp_path / "missing.pem"))
+    with pytest.raises(BackendUnavailableError, match=r"missing\.pem"):
+        await backend_of(config).login({"username": "alice", "password": "alice-secret"})

@@ -67,6 +67,8 @@ class LDAPBackendConfig(FusionAuthBackendConfig, tag="ldap", kw_only=True):
     group_name_attribute: str = "cn"
     allowed_groups: list[str] = msgspec.field(default_factory=list)
     """When not empty, only members of one of these groups may log in."""
+    max_concurrency: int = 8
+    """Logins talking to the directory at once (each holds a thread)."""
 
     def __post_init__(self) -> None:
         # Raised at decode time, so the config loader names the bad key.
@@ -94,6 +96,8 @@ class LDAPBackendConfig(FusionAuthBackendConfig, tag="ldap", kw_only=True):
             raise ValueError("allowed_groups needs a group_source")
         if self.connect_timeout <= 0 or self.receive_timeout <= 0:
             raise ValueError("timeouts must be positive")
+        if self.max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
 
     def build(self) -> LDAPBackend:
         return LDAPBackend(self)
@@ -128,9 +132,8 @@ class LDAPBackend(FusionAuthBackend):
 
     type = "ldap"
 
-    def __init__(self, config: LDAPBackendConfig, *, max_workers: int = 4) -> None:
+    def __init__(self, config: LDAPBackendConfig) -> None:
         self.config = config
-        self._max_workers = max_workers
         self._executor: ThreadPoolExecutor | None = None
 
     async def startup(self) -> None:
@@ -144,7 +147,9 @@ class LDAPBackend(FusionAuthBackend):
     def _ensure_ready(self) -> ThreadPoolExecutor:
         if self._executor is None:
             _import_ldap3()
-            self._executor = ThreadPoolExecutor(self._max_workers, thread_name_prefix="fusion-ldap")
+            self._executor = ThreadPoolExecutor(
+                self.config.max_concurrency, thread_name_prefix="fusion-ldap"
+            )
         return self._executor
 
     def _make_server(self) -> Any:
@@ -152,14 +157,20 @@ class LDAPBackend(FusionAuthBackend):
         # one failure and a shared Server would refuse it after the directory
         # is back.
         import ldap3
+        from ldap3.core.exceptions import LDAPSSLConfigurationError
 
         config = self.config
         tls = None
         if config.start_tls or config.url.startswith("ldaps://"):
-            tls = ldap3.Tls(
-                validate=_TLS_VALIDATION[config.tls_verify],
-                ca_certs_file=config.ca_file,
-            )
+            try:
+                tls = ldap3.Tls(
+                    validate=_TLS_VALIDATION[config.tls_verify],
+                    ca_certs_file=config.ca_file,
+                )
+            except LDAPSSLConfigurationError as error:
+                raise BackendUnavailableError(
+                    f"LDAP TLS settings refused (ca_file {config.ca_file!r}): {error}"
+                ) from None
         return ldap3.Server(
             config.url,
             use_ssl=config.url.startswith("ldaps://"),
@@ -193,6 +204,7 @@ class LDAPBackend(FusionAuthBackend):
     def _login_blocking(self, username: str, password: str) -> Identity | None:
         from ldap3.core.exceptions import (
             LDAPCommunicationError,
+            LDAPException,
             LDAPResponseTimeoutError,
             LDAPStartTLSError,
         )
@@ -202,6 +214,12 @@ class LDAPBackend(FusionAuthBackend):
         except (LDAPCommunicationError, LDAPResponseTimeoutError, LDAPStartTLSError) as error:
             raise BackendUnavailableError(
                 f"LDAP directory {self.config.url} unreachable: {error}"
+            ) from None
+        except LDAPException as error:
+            # Anything else ldap3 raises (TLS settings, protocol surprises) is
+            # the directory or its configuration failing, not the caller.
+            raise BackendUnavailableError(
+                f"LDAP directory {self.config.url}: {type(error).__name__}: {error}"
             ) from None
 
     def _connection(self, user: str | None, password: str | None) -> Any:
@@ -252,6 +270,8 @@ class LDAPBackend(FusionAuthBackend):
                     config.user_filter.format(username=escape_filter_chars(username)),
                     config.user_scope,
                     attributes,
+                    # Two are enough to know the filter is ambiguous.
+                    size_limit=2,
                 )
                 # Zero entries: unknown user. Several: an ambiguous filter,
                 # never guess which person is logging in.
@@ -338,7 +358,12 @@ def _import_ldap3() -> None:
 
 
 def _search(
-    connection: Any, base: str, search_filter: str, scope: str, attributes: list[str]
+    connection: Any,
+    base: str,
+    search_filter: str,
+    scope: str,
+    attributes: list[str],
+    size_limit: int = 0,
 ) -> list[tuple[str, dict[str, list[str]]]]:
     """Entries found as (dn, {lower-case attribute: [str values]}).
 
@@ -352,12 +377,12 @@ def _search(
         search_filter,
         search_scope=getattr(ldap3, _SCOPES[scope]),
         attributes=attributes or [ldap3.NO_ATTRIBUTES],
-        size_limit=50,
+        size_limit=size_limit,
     )
     result = connection.result or {}
-    if not ok and result.get("result") not in (0, 32):  # 32: noSuchObject
-        if result.get("result") == 4:  # sizeLimitExceeded: treat as ambiguous
-            return [("", {}), ("", {})]
+    # 4 sizeLimitExceeded still returns the entries read so far; 32
+    # noSuchObject (the base does not exist) finds nobody.
+    if not ok and result.get("result") not in (0, 4, 32):
         raise _operation_error(connection, result)
     entries = []
     for entry in connection.response or []:
@@ -373,13 +398,13 @@ def _search(
     return entries
 
 
-def _operation_error(connection: Any, result: dict[str, Any]) -> Exception:
-    # busy/unavailable/unwillingToPerform/other: the directory cannot serve us.
-    if result.get("result") in (51, 52, 53, 80):
-        return BackendUnavailableError(
-            f"LDAP directory {connection.server.host}: {result.get('description')}"
-        )
-    return RuntimeError(f"LDAP search failed: {result.get('description')} {result.get('message')}")
+def _operation_error(connection: Any, result: dict[str, Any]) -> BackendUnavailableError:
+    # busy, unavailable, insufficientAccessRights on a base... the directory or
+    # its configuration fails: the operator must see why.
+    return BackendUnavailableError(
+        f"LDAP directory {connection.server.host}: search refused: "
+        f"{result.get('description')} {result.get('message') or ''}".rstrip()
+    )
 
 
 def _first_rdn_value(dn: str) -> str:
