@@ -82,6 +82,21 @@ def test_filename_must_be_bare(tmp_path: Path, filename: str) -> None:
         SQLiteStorage(tmp_path, filename=filename)
 
 
+def test_bad_settings_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous must be one of"):
+        SQLiteStorage(tmp_path, synchronous="OFF; DROP TABLE cases")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="busy_timeout"):
+        SQLiteStorage(tmp_path, busy_timeout=-1)
+
+
+async def test_data_dir_as_text(tmp_path: Path) -> None:
+    async with SQLiteStorage(str(tmp_path)) as storage:
+        case = Case()
+        await storage.create_case(case)
+        assert await storage.retrieve_case(case.guid) == case
+    assert (tmp_path / "fusion.sqlite").is_file()
+
+
 async def test_use_before_startup_is_a_clear_error(tmp_path: Path) -> None:
     storage = SQLiteStorage(tmp_path)
     with pytest.raises(StorageClosedError, match="not started"):

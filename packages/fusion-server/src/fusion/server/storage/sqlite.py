@@ -60,11 +60,12 @@ _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS identities "
     "(username TEXT PRIMARY KEY NOT NULL, data BLOB NOT NULL)",
 )
-# Negative answers are cached too (a 404 is as hot as a 200 under a scan),
-# so the cache is bounded: the oldest entries go first.
+# Cached answer for "no such case": a 404 under a scan of GUIDs is as hot
+# as a 200, which is also why the cache is bounded (oldest entries go first).
 _MISSING: Final = b""
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+_SYNCHRONOUS: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
 
 class StorageClosedError(RuntimeError):
@@ -82,7 +83,7 @@ class SQLiteStorage(FusionStorage):
 
     def __init__(
         self,
-        data_dir: Path,
+        data_dir: Path | str,
         *,
         case_type: type[Case] = Case,
         filename: str = "fusion.sqlite",
@@ -94,6 +95,13 @@ class SQLiteStorage(FusionStorage):
             raise ValueError(f"filename must be a bare file name, not {filename!r}")
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
+        if busy_timeout < 0:
+            raise ValueError("busy_timeout must not be negative")
+        # Interpolated into a PRAGMA (which takes no parameters): only known words pass.
+        if synchronous not in _SYNCHRONOUS:
+            raise ValueError(
+                f"synchronous must be one of {sorted(_SYNCHRONOUS)}, not {synchronous!r}"
+            )
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / filename
         self.case_type = case_type
@@ -116,12 +124,17 @@ class SQLiteStorage(FusionStorage):
         loop = asyncio.get_running_loop()
         write_executor = ThreadPoolExecutor(1, thread_name_prefix="fusion-sqlite-write")
         read_executor = ThreadPoolExecutor(1, thread_name_prefix="fusion-sqlite-read")
+        opened: list[sqlite3.Connection] = []
         try:
             writer = await loop.run_in_executor(write_executor, self._open_writer)
+            opened.append(writer)
             reader = await loop.run_in_executor(read_executor, self._connect, self._busy_timeout_ms)
+            opened.append(reader)
             # Opened off the loop; afterwards it only answers PRAGMA data_version.
             probe = await loop.run_in_executor(read_executor, self._connect, 0)
         except BaseException:
+            for conn in opened:
+                conn.close()
             write_executor.shutdown(wait=False)
             read_executor.shutdown(wait=False)
             raise
