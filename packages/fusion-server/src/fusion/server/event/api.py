@@ -1,0 +1,335 @@
+"""Live case events: server-sent events, resume with Last-Event-ID, webhooks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from uuid import UUID
+
+from aiohttp import web
+
+from fusion.concept import Case, Event, Identity
+from fusion.helper.aiohttp import SSE_KEEPALIVE, FusionHTTPError, format_sse, get_guid
+from fusion.helper.notifier import FusionNotifier, case_channel
+from fusion.helper.pubsub import FusionPubSub, Subscription
+from fusion.helper.store import SharedStore, StoreMessage, StoreUnavailableError, message_id_key
+from fusion.server.appkeys import EVENTS, PUBSUB, STORE
+from fusion.server.event.config import FusionEventConfig
+from fusion.server.event.watchers import CaseWatchers
+
+__all__ = ["CaseReadAuthorizer", "FusionEventAPI", "WebhookNotAllowedError"]
+
+_LOGGER = logging.getLogger(__name__)
+
+CaseReadAuthorizer = Callable[[web.Request, UUID], Awaitable[tuple[Identity, Case]]]
+"""Who is calling and the case they may read; raises FusionHTTPError 401/403/404 otherwise."""
+
+_EMPTY_HISTORY_ID = "0-0"
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    # Proxies such as nginx would otherwise hold events back in their buffers.
+    "X-Accel-Buffering": "no",
+}
+
+
+class WebhookNotAllowedError(ValueError):
+    """A case webhook URL is not under one of the configured prefixes."""
+
+
+class _Stream:
+    """One open event stream, tracked so shutdown can end it."""
+
+    __slots__ = ("case_guid", "subscription", "task", "username")
+
+    def __init__(self, case_guid: UUID, username: str, subscription: Subscription) -> None:
+        self.case_guid = case_guid
+        self.username = username
+        self.subscription = subscription
+        self.task = asyncio.current_task()
+
+
+class FusionEventAPI:
+    """``GET /api/events/case/{case_guid}`` and :meth:`notify` (the case API's event sink)."""
+
+    def __init__(
+        self,
+        config: FusionEventConfig,
+        *,
+        authorize: CaseReadAuthorizer | None = None,
+        store: SharedStore | None = None,
+    ) -> None:
+        self.config = config
+        self._authorize = authorize
+        self._store = store
+        self._pubsub: FusionPubSub | None = None
+        self._own_pubsub = False
+        self._notifier: FusionNotifier | None = None
+        self._watchers: CaseWatchers | None = None
+        self._streams: set[_Stream] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    # -- wiring --------------------------------------------------------------
+    def setup(self, app: web.Application) -> None:
+        app[EVENTS] = self
+        app.router.add_get("/api/events/case/{case_guid}", self._handle_events)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+
+    async def _on_startup(self, app: web.Application) -> None:
+        if self._store is None:
+            self._store = app[STORE]
+        pubsub = app.get(PUBSUB)
+        if pubsub is None or pubsub.store is not self._store:
+            pubsub = FusionPubSub(self._store)
+            self._own_pubsub = True
+        self._pubsub = pubsub
+        self._notifier = FusionNotifier(
+            pubsub,
+            token=self.config.api_key or "",
+            ssl=self.config.webhook_verify_tls,
+            global_webhook=self.config.webhook,
+            timeout=self.config.webhook_timeout,
+            retries=self.config.webhook_retries,
+            backoff=self.config.webhook_backoff,
+            history=self.config.history,
+            history_ttl=self.config.history_ttl,
+        )
+        self._watchers = CaseWatchers(self._store, max_usernames=self.config.max_watchers)
+        self._closing = False
+        self._spawn(self._watchers.refresh_forever())
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        await self.close()
+
+    @property
+    def store(self) -> SharedStore:
+        if self._store is None:
+            raise RuntimeError("FusionEventAPI has no store: call setup(app) and start the app")
+        return self._store
+
+    @property
+    def pubsub(self) -> FusionPubSub:
+        if self._pubsub is None:
+            raise RuntimeError("FusionEventAPI is not started")
+        return self._pubsub
+
+    @property
+    def notifier(self) -> FusionNotifier:
+        if self._notifier is None:
+            raise RuntimeError("FusionEventAPI is not started")
+        return self._notifier
+
+    @property
+    def watchers(self) -> CaseWatchers:
+        if self._watchers is None:
+            raise RuntimeError("FusionEventAPI is not started")
+        return self._watchers
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    # -- services' side ----------------------------------------------------------
+    def webhook_allowed(self, url: str) -> bool:
+        """True when ``url`` is under one of the configured prefixes."""
+        return any(url.startswith(prefix) for prefix in self.config.webhook_prefixes)
+
+    def check_webhooks(self, urls: list[str]) -> None:
+        """Raise :class:`WebhookNotAllowedError` for a URL outside the allowed prefixes.
+
+        The case API calls it on create and update and answers 400.
+        """
+        for url in urls:
+            if not self.webhook_allowed(url):
+                raise WebhookNotAllowedError(
+                    f"webhook {url!r} is not allowed: case webhooks must start with one of "
+                    f"{self.config.webhook_prefixes or 'nothing (case webhooks are disabled)'}"
+                )
+
+    async def notify(self, category: str, case: Case, ext: dict[str, Any] | None = None) -> None:
+        """Send ``category`` about ``case`` to its watchers, its webhooks and the global one.
+
+        Returns once the event is published; webhooks are posted in the
+        background and never delay the caller.
+        """
+        event = Event(source=self.config.source, category=category, case=case, ext=ext)
+        await self._publish(event, webhooks=True)
+
+    # -- internals ---------------------------------------------------------------
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _read_access(self, request: web.Request, case_guid: UUID) -> tuple[Identity, Case]:
+        if self._authorize is not None:
+            return await self._authorize(request, case_guid)
+        raise FusionHTTPError(501, "event API has no authorizer")
+
+    async def _stream_events(
+        self, request: web.Request, identity: Identity, case: Case, after_id: str
+    ) -> web.StreamResponse:
+        channel = case_channel(case.guid)
+        if not after_id:
+            # A fresh subscriber starts at the current end of the history: the
+            # id sent with its first event lets it resume from there later.
+            after_id = _last_id(await self.pubsub.history(channel))
+        # Subscribe before reading the history so nothing falls in between;
+        # duplicates are skipped by id below. end_on_loss: after a store outage
+        # the client reconnects with Last-Event-ID and gets what was missed.
+        subscription = self.pubsub.subscribe(
+            channel, maxsize=self.config.queue_size, end_on_loss=True
+        )
+        await subscription.start()
+        stream = _Stream(case.guid, identity.username, subscription)
+        self._streams.add(stream)
+        response: web.StreamResponse | None = None
+        try:
+            if self.watchers.add(case.guid, identity.username):
+                self._spawn(self._joined(case, identity.username))
+            kept = await self.pubsub.history(channel)
+            head = _last_id(kept)
+            if message_id_key(after_id) > message_id_key(head):
+                # An id from the future (forged, or from a history since lost)
+                # would otherwise silence every live event as a "duplicate".
+                after_id = head
+            missed = [message for message in kept if _is_after(message, after_id)]
+            usernames = await self.watchers.usernames(case.guid)
+            response = web.StreamResponse(headers=_SSE_HEADERS)
+            await response.prepare(request)
+            hello = Event(
+                source=self.config.source,
+                category="subscribers",
+                case=case,
+                ext={"usernames": usernames},
+            )
+            await response.write(format_sse(hello.to_json(), id=after_id))
+            last_id = after_id
+            for message in missed:
+                if _is_after(message, last_id):
+                    await response.write(format_sse(message.data, id=message.id))
+                    last_id = message.id or last_id
+            keepalive = self.config.keepalive
+            while True:
+                try:
+                    async with asyncio.timeout(keepalive):
+                        message = await anext(subscription)
+                except TimeoutError:
+                    await response.write(SSE_KEEPALIVE)
+                    continue
+                except StopAsyncIteration:
+                    break
+                if _is_after(message, last_id):
+                    await response.write(format_sse(message.data, id=message.id))
+                    last_id = message.id or last_id
+            if subscription.dropped:
+                _LOGGER.warning(
+                    "event stream of %s on case %s ended: too slow", identity.username, case.guid
+                )
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away: nothing to tell it
+        finally:
+            subscription.close()
+            self._streams.discard(stream)
+            if self.watchers.remove(case.guid, identity.username):
+                self._spawn(self._left(case, identity.username))
+        return response if response is not None else web.Response(status=204)
+
+    async def _joined(self, case: Case, username: str) -> None:
+        try:
+            await self.watchers.publish(case.guid)
+            await self._publish(
+                Event(
+                    source=self.config.source,
+                    category="subscribe",
+                    case=case,
+                    ext={"username": username},
+                ),
+                webhooks=False,
+            )
+        except (StoreUnavailableError, TimeoutError) as exc:
+            _LOGGER.warning("cannot announce %s watching case %s: %s", username, case.guid, exc)
+
+    async def _left(self, case: Case, username: str) -> None:
+        try:
+            await self.watchers.publish(case.guid)
+            await self._publish(
+                Event(
+                    source=self.config.source,
+                    category="unsubscribe",
+                    case=case,
+                    ext={"username": username},
+                ),
+                webhooks=False,
+            )
+        except (StoreUnavailableError, TimeoutError) as exc:
+            _LOGGER.warning("cannot announce %s leaving case %s: %s", username, case.guid, exc)
+
+    async def _handle_events(self, request: web.Request) -> web.StreamResponse:
+        if self._closing:
+            raise FusionHTTPError(503, "server shutting down")
+        case_guid = get_guid(request)
+        identity, case = await self._read_access(request, case_guid)
+        last_event_id = request.headers.get("Last-Event-ID", "").strip()
+        if message_id_key(last_event_id) == (-1, -1):
+            last_event_id = ""
+        return await self._stream_events(request, identity, case, last_event_id)
+
+    async def close(self) -> None:
+        """End every open stream and wait for them (``config.shutdown_timeout`` at most)."""
+        self._closing = True
+        streams = list(self._streams)
+        for stream in streams:
+            # The stream's loop sees its subscription end and finishes the response.
+            stream.subscription.close()
+        tasks = [stream.task for stream in streams if stream.task is not None]
+        if tasks:
+            _done, stuck = await asyncio.wait(tasks, timeout=self.config.shutdown_timeout)
+            for task in stuck:
+                # Blocked writing to a client that does not read.
+                task.cancel()
+        background = list(self._background)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        if self._notifier is not None:
+            await self._notifier.close()
+        if self._own_pubsub and self._pubsub is not None:
+            await self._pubsub.close()
+
+    async def _publish(self, event: Event[Any], *, webhooks: bool) -> str | None:
+        if not webhooks:
+            return await self.pubsub.publish(
+                case_channel(event.case.guid),
+                event.to_json(),
+                history=self.config.history,
+                history_ttl=self.config.history_ttl,
+            )
+        # Checked again here: a case stored before the prefixes changed keeps its URLs.
+        allowed = [url for url in event.case.webhooks if self.webhook_allowed(url)]
+        try:
+            message_id = await self.notifier.notify(event, allowed)
+            if self.config.events_channel:
+                # Presence events (webhooks=False) would only keep synchronizers busy.
+                await self.pubsub.publish(self.config.events_channel, event.to_json())
+        except StoreUnavailableError as exc:
+            # The change behind the event is done: losing the live event beats
+            # failing the request; the webhooks were started all the same.
+            _LOGGER.warning(
+                "event %s of case %s not published: %s", event.category, event.case.guid, exc
+            )
+            return None
+        return message_id
+
+
+def _last_id(kept: list[StoreMessage]) -> str:
+    return (kept[-1].id if kept else None) or _EMPTY_HISTORY_ID
+
+
+def _is_after(message: StoreMessage, last_id: str) -> bool:
+    return message.id is None or message_id_key(message.id) > message_id_key(last_id)

@@ -1,0 +1,42 @@
+"""Configuration of the event API (server-sent events and webhooks)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+__all__ = ["FusionEventConfig"]
+
+
+class FusionEventConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What a service writes under ``event:`` in its configuration."""
+
+    source: str = "fusion"
+    """The ``source`` of the events this service emits (its name)."""
+    api_key: str | None = None
+    """Sent as ``X-Fusion-Notifier-Token`` on every webhook POST."""
+    webhook: str | None = None
+    """The service's global webhook: receives every case event."""
+    webhook_prefixes: list[str] = msgspec.field(default_factory=list)
+    """Case webhooks are accepted only under these URL prefixes (none: no case webhooks)."""
+    webhook_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    webhook_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 3
+    """Retries after a failed POST (connection error, timeout, 5xx)."""
+    webhook_backoff: Annotated[float, msgspec.Meta(ge=0)] = 0.5
+    """Seconds before the first retry, doubled at each one."""
+    webhook_verify_tls: bool = True
+    history: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 256
+    """Events kept per case for clients resuming with ``Last-Event-ID``."""
+    history_ttl: Annotated[float, msgspec.Meta(gt=0)] = 86400.0
+    """Seconds a case's history lives after its last event."""
+    keepalive: Annotated[float, msgspec.Meta(gt=0)] = 15.0
+    """Seconds between ``: keepalive`` comments on an idle stream."""
+    queue_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
+    """Events buffered per subscriber; a subscriber that falls further behind is dropped."""
+    max_watchers: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    """Most distinct usernames listed as watching one case."""
+    events_channel: str | None = "fusion:events"
+    """Every event is also published here, for synchronizers (None: not published)."""
+    shutdown_timeout: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    """Seconds shutdown waits for open streams to end."""
