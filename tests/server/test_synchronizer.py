@@ -9,8 +9,9 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -240,3 +241,36 @@ def test_run_stops_cleanly_on_signal(tmp_path: Path, signum: signal.Signals) -> 
     # The running sync finished, then the process said goodbye: no traceback.
     assert lines[-2:] == ["finished one", "stopped"]
     assert b"Traceback" not in err
+
+
+async def test_event_api_notifications_reach_the_synchronizer(
+    storage: SQLiteStorage, store: SharedStore, aiohttp_server: Callable[..., Awaitable[Any]]
+) -> None:
+    from aiohttp import web
+
+    from fusion.server.appkeys import EVENTS, STORE
+    from fusion.server.event import FusionEventAPI, FusionEventConfig
+
+    (case,) = await _cases(storage, 1)
+    seen: list[UUID] = []
+
+    async def job(synced: Case) -> None:
+        seen.append(synced.guid)
+
+    app = web.Application()
+    app[STORE] = store
+    FusionEventAPI(FusionEventConfig()).setup(app)
+    sync = FusionSynchronizer(
+        FusionSynchronizerConfig(interval=3600), storage, store=store, sync_case=job
+    )
+    app.cleanup_ctx.append(sync.cleanup_ctx)
+    await aiohttp_server(app)
+    await _wait_for(lambda: sync.passes == 1)
+    seen.clear()
+    events = app[EVENTS]
+    for _ in range(100):
+        await events.notify("update_case", case)
+        if seen:
+            break
+        await asyncio.sleep(0.05)
+    assert seen[0] == case.guid

@@ -14,6 +14,7 @@ import msgspec
 from aiohttp import web
 
 from fusion.concept import Case
+from fusion.helper.pubsub import FusionPubSub
 from fusion.helper.store import SharedStore, StoreUnavailableError
 from fusion.server.storage import FusionStorage
 from fusion.server.synchronizer.config import FusionSynchronizerConfig
@@ -46,6 +47,9 @@ class FusionSynchronizer:
     ``config.concurrency`` cases run at once and a case never runs twice at
     the same time (an event arriving meanwhile queues one more run).
 
+    Events come through ``pubsub`` (share the server's :class:`FusionPubSub`
+    when running inside it) or, given only ``store``, a pub/sub of its own.
+
     Standalone: ``await synchronizer.run()`` stops on SIGINT/SIGTERM. Inside an
     aiohttp app: ``app.cleanup_ctx.append(synchronizer.cleanup_ctx)``.
     """
@@ -56,10 +60,14 @@ class FusionSynchronizer:
         storage: FusionStorage,
         store: SharedStore | None = None,
         sync_case: SyncJob | None = None,
+        *,
+        pubsub: FusionPubSub | None = None,
     ) -> None:
         self.config = config
         self.storage = storage
         self.store = store
+        self._pubsub = pubsub
+        self._own_pubsub: FusionPubSub | None = None
         self._job = sync_case
         self._semaphore = asyncio.Semaphore(config.concurrency)
         self._running: dict[UUID, asyncio.Task[None]] = {}
@@ -151,21 +159,28 @@ class FusionSynchronizer:
                 async with asyncio.timeout(self.config.interval):
                     await self._wakeup.wait()
 
-    async def _listen(self, store: SharedStore) -> None:
+    async def _listen(self, pubsub: FusionPubSub) -> None:
         delay = 0.1
         while not self._stopping:
             try:
-                async with store.subscribe(self.config.events_channel) as messages:
+                # end_on_loss: events published during an outage are gone, so the
+                # subscription ends and a full pass catches up once it is back.
+                async with pubsub.subscribe(
+                    self.config.events_channel, maxsize=10_000, end_on_loss=True
+                ) as subscription:
                     if delay > 0.1:
-                        # Events were missed while disconnected: a full pass catches up.
                         self._wakeup.set()
                     delay = 0.1
-                    async for _channel, message in messages:
+                    async for message in subscription:
                         self._on_event(message.data)
+                    if subscription.dropped:
+                        _LOGGER.warning("synchronizer fell behind the events: full pass")
+                    self._wakeup.set()
             except asyncio.CancelledError:
                 raise
             except StoreUnavailableError as exc:
-                _LOGGER.warning("synchronizer lost the event channel: %s", exc)
+                _LOGGER.warning("synchronizer cannot follow the events: %s", exc)
+                delay = max(delay, 0.2)
             except Exception:
                 _LOGGER.exception("synchronizer event subscription failed")
             await asyncio.sleep(delay)
@@ -197,10 +212,13 @@ class FusionSynchronizer:
         """Start the periodic pass (and the event listener when a store is given)."""
         self._stopping = False
         self._tasks.append(asyncio.create_task(self._periodic(), name="fusion-sync-periodic"))
-        if self.config.on_events and self.store is not None:
-            self._tasks.append(
-                asyncio.create_task(self._listen(self.store), name="fusion-sync-events")
-            )
+        if not self.config.on_events:
+            return
+        pubsub = self._pubsub
+        if pubsub is None and self.store is not None:
+            pubsub = self._own_pubsub = FusionPubSub(self.store)
+        if pubsub is not None:
+            self._tasks.append(asyncio.create_task(self._listen(pubsub), name="fusion-sync-events"))
 
     async def stop(self) -> None:
         """Stop scheduling, give running syncs ``config.stop_timeout`` seconds, cancel the rest."""
@@ -216,6 +234,9 @@ class FusionSynchronizer:
             await asyncio.gather(*pending, return_exceptions=True)
         await asyncio.gather(*loops, return_exceptions=True)
         self._tasks.clear()
+        if self._own_pubsub is not None:
+            await self._own_pubsub.close()
+            self._own_pubsub = None
 
     async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
         """For ``app.cleanup_ctx``: runs while the app runs."""
