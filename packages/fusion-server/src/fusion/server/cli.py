@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fusion.helper.logging import setup_logging
 from fusion.server.__about__ import __version__
 from fusion.server.app import FusionServer
 from fusion.server.auth.basic import hash_password
@@ -144,9 +145,11 @@ def _serve(args: argparse.Namespace) -> int:
         config = embedded_config(Path(args.data_dir or "fusion-data"))
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        # FUSION_LOG_LEVEL / FUSION_LOG_FORMAT (text or json) / FUSION_LOG_FILE.
+        setup_logging()
+    except (ValueError, OSError) as exc:
+        raise CommandError(f"logging: {exc}", _EXIT_CONFIG) from None
     _LOGGER.info("fusion-server %s on http://%s:%d (%s)", __version__, host, port, _summary(config))
     try:
         FusionServer(config).run(host=host, port=port)

@@ -20,6 +20,7 @@ from fusion.helper.aiohttp import (
     read_json,
 )
 from fusion.helper.store import SharedStore
+from fusion.helper.tracing import AUDIT_LOGGER, trace_user_op
 from fusion.server.appkeys import AUTH, CONFIG, STORAGE, STORE
 from fusion.server.auth.access import Access, Action, can_access_case, can_delete
 from fusion.server.auth.backend import (
@@ -34,7 +35,6 @@ from fusion.server.storage import FusionStorage
 __all__ = ["FusionAuthAPI"]
 
 _LOGGER = logging.getLogger("fusion.server.auth")
-_AUDIT = logging.getLogger("fusion.audit")
 
 _IDENTITY_KEY = web.RequestKey("fusion_identity", Identity)
 _API_TOKEN_HEADER = "X-Fusion-API-Token"  # noqa: S105 - a header name
@@ -276,17 +276,18 @@ class FusionAuthAPI:
         """Write one audit record: who, what, which case, from where, and the outcome."""
         name = action if isinstance(action, str) else action.name
         context = None if isinstance(action, str) or not action.context else action.context
-        if not _AUDIT.isEnabledFor(logging.INFO):
+        # Skipped whole when nobody listens: this runs on every authorized request.
+        if not AUDIT_LOGGER.isEnabledFor(logging.INFO if granted else logging.WARNING):
             return
-        _AUDIT.info(
-            "%s %s by %s from %s case=%s%s%s",
-            "granted" if granted else "refused",
-            name,
+        if reason is not None:
+            context = {**(context or {}), "reason": reason}
+        trace_user_op(
             identity.username if identity is not None else "-",
-            self.client_ip(request),
-            case.guid if case is not None else "-",
-            f" reason={reason!r}" if reason else "",
-            f" context={context!r}" if context else "",
+            name,
+            granted=granted,
+            case_guid=case.guid if case is not None else None,
+            client_ip=self.client_ip(request),
+            context=context,
         )
 
     # -- login throttling -----------------------------------------------------
