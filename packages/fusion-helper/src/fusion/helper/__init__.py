@@ -1,5 +1,291 @@
-"""fusion.helper"""
+"""Fusion helpers shared by servers and clients.
+
+Public names are re-exported here, grouped by module, and imported lazily:
+``import fusion.helper`` stays cheap (a client never pays for zip, locks or
+Redis), ``from fusion.helper import json_response`` loads only
+``fusion.helper.aiohttp``. The modules themselves are the reference.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from fusion.helper.__about__ import __version__
 
-__all__ = ["__version__"]
+if TYPE_CHECKING:
+    from fusion.helper.aiohttp import (
+        SSE_KEEPALIVE,
+        FusionHTTPError,
+        IPNetwork,
+        SSEEvent,
+        UploadedFile,
+        client_ip,
+        content_disposition,
+        envelope_middleware,
+        error_response,
+        format_sse,
+        get_guid,
+        iter_sse,
+        json_response,
+        read_concept,
+        read_json,
+        stream_multipart_to_file,
+        stream_response,
+    )
+    from fusion.helper.config import (
+        ConfigError,
+        env_ref,
+        load_ssl_config,
+        resolve_env_refs,
+    )
+    from fusion.helper.datetime import (
+        from_iso,
+        to_iso,
+        utcnow,
+    )
+    from fusion.helper.filesystem import (
+        DiskUsage,
+        UnsafePathError,
+        atomic_write,
+        atomic_write_async,
+        directory_size,
+        disk_usage,
+        fsync_directory,
+        iter_guid_items,
+        safe_join,
+    )
+    from fusion.helper.flock import (
+        FileLock,
+    )
+    from fusion.helper.logging import (
+        JsonFormatter,
+        TextFormatter,
+        get_logger,
+        setup_logging,
+    )
+    from fusion.helper.notifier import (
+        NOTIFIER_TOKEN_HEADER,
+        FusionNotifier,
+        case_channel,
+    )
+    from fusion.helper.pubsub import (
+        ChannelSubscription,
+        FusionPubSub,
+        Subscription,
+    )
+    from fusion.helper.serializing import (
+        Dumpable,
+        Loadable,
+        SerializingError,
+        SupportsDump,
+        dumps,
+        loads,
+        to_builtins,
+    )
+    from fusion.helper.store import (
+        SharedStore,
+        StoreMessage,
+        StoreUnavailableError,
+        create_store,
+        message_id_key,
+    )
+    from fusion.helper.streaming import (
+        DEFAULT_CHUNK_SIZE,
+        SizeLimitError,
+        iter_file,
+        iter_fileobj,
+        iter_text,
+        stream_to_file,
+    )
+    from fusion.helper.subprocess import (
+        CalledProcessError,
+        CompletedProcess,
+        run,
+    )
+    from fusion.helper.timer import (
+        Timer,
+    )
+    from fusion.helper.tracing import (
+        AUDIT_LOGGER,
+        AuditRecord,
+        trace_user_op,
+    )
+    from fusion.helper.zip import (
+        DEFAULT_MAX_ENTRIES,
+        DEFAULT_MAX_RATIO,
+        DEFAULT_MAX_TOTAL_SIZE,
+        UnsafeZipError,
+        create_zip,
+        extract_zip,
+    )
+
+_EXPORTS: dict[str, str] = {
+    "SSE_KEEPALIVE": "aiohttp",
+    "FusionHTTPError": "aiohttp",
+    "IPNetwork": "aiohttp",
+    "SSEEvent": "aiohttp",
+    "UploadedFile": "aiohttp",
+    "client_ip": "aiohttp",
+    "content_disposition": "aiohttp",
+    "envelope_middleware": "aiohttp",
+    "error_response": "aiohttp",
+    "format_sse": "aiohttp",
+    "get_guid": "aiohttp",
+    "iter_sse": "aiohttp",
+    "json_response": "aiohttp",
+    "read_concept": "aiohttp",
+    "read_json": "aiohttp",
+    "stream_multipart_to_file": "aiohttp",
+    "stream_response": "aiohttp",
+    "ConfigError": "config",
+    "env_ref": "config",
+    "load_ssl_config": "config",
+    "resolve_env_refs": "config",
+    "from_iso": "datetime",
+    "to_iso": "datetime",
+    "utcnow": "datetime",
+    "DiskUsage": "filesystem",
+    "UnsafePathError": "filesystem",
+    "atomic_write": "filesystem",
+    "atomic_write_async": "filesystem",
+    "directory_size": "filesystem",
+    "disk_usage": "filesystem",
+    "fsync_directory": "filesystem",
+    "iter_guid_items": "filesystem",
+    "safe_join": "filesystem",
+    "FileLock": "flock",
+    "JsonFormatter": "logging",
+    "TextFormatter": "logging",
+    "get_logger": "logging",
+    "setup_logging": "logging",
+    "NOTIFIER_TOKEN_HEADER": "notifier",
+    "FusionNotifier": "notifier",
+    "case_channel": "notifier",
+    "ChannelSubscription": "pubsub",
+    "FusionPubSub": "pubsub",
+    "Subscription": "pubsub",
+    "Dumpable": "serializing",
+    "Loadable": "serializing",
+    "SerializingError": "serializing",
+    "SupportsDump": "serializing",
+    "dumps": "serializing",
+    "loads": "serializing",
+    "to_builtins": "serializing",
+    "SharedStore": "store",
+    "StoreMessage": "store",
+    "StoreUnavailableError": "store",
+    "create_store": "store",
+    "message_id_key": "store",
+    "DEFAULT_CHUNK_SIZE": "streaming",
+    "SizeLimitError": "streaming",
+    "iter_file": "streaming",
+    "iter_fileobj": "streaming",
+    "iter_text": "streaming",
+    "stream_to_file": "streaming",
+    "CalledProcessError": "subprocess",
+    "CompletedProcess": "subprocess",
+    "run": "subprocess",
+    "Timer": "timer",
+    "AUDIT_LOGGER": "tracing",
+    "AuditRecord": "tracing",
+    "trace_user_op": "tracing",
+    "DEFAULT_MAX_ENTRIES": "zip",
+    "DEFAULT_MAX_RATIO": "zip",
+    "DEFAULT_MAX_TOTAL_SIZE": "zip",
+    "UnsafeZipError": "zip",
+    "create_zip": "zip",
+    "extract_zip": "zip",
+}
+
+__all__ = [
+    "AUDIT_LOGGER",
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_MAX_ENTRIES",
+    "DEFAULT_MAX_RATIO",
+    "DEFAULT_MAX_TOTAL_SIZE",
+    "NOTIFIER_TOKEN_HEADER",
+    "SSE_KEEPALIVE",
+    "AuditRecord",
+    "CalledProcessError",
+    "ChannelSubscription",
+    "CompletedProcess",
+    "ConfigError",
+    "DiskUsage",
+    "Dumpable",
+    "FileLock",
+    "FusionHTTPError",
+    "FusionNotifier",
+    "FusionPubSub",
+    "IPNetwork",
+    "JsonFormatter",
+    "Loadable",
+    "SSEEvent",
+    "SerializingError",
+    "SharedStore",
+    "SizeLimitError",
+    "StoreMessage",
+    "StoreUnavailableError",
+    "Subscription",
+    "SupportsDump",
+    "TextFormatter",
+    "Timer",
+    "UnsafePathError",
+    "UnsafeZipError",
+    "UploadedFile",
+    "__version__",
+    "atomic_write",
+    "atomic_write_async",
+    "case_channel",
+    "client_ip",
+    "content_disposition",
+    "create_store",
+    "create_zip",
+    "directory_size",
+    "disk_usage",
+    "dumps",
+    "env_ref",
+    "envelope_middleware",
+    "error_response",
+    "extract_zip",
+    "format_sse",
+    "from_iso",
+    "fsync_directory",
+    "get_guid",
+    "get_logger",
+    "iter_file",
+    "iter_fileobj",
+    "iter_guid_items",
+    "iter_sse",
+    "iter_text",
+    "json_response",
+    "load_ssl_config",
+    "loads",
+    "message_id_key",
+    "read_concept",
+    "read_json",
+    "resolve_env_refs",
+    "run",
+    "safe_join",
+    "setup_logging",
+    "stream_multipart_to_file",
+    "stream_response",
+    "stream_to_file",
+    "to_builtins",
+    "to_iso",
+    "trace_user_op",
+    "utcnow",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fusion.helper' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"fusion.helper.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
