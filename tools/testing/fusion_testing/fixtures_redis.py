@@ -50,9 +50,12 @@ def private_redis_server() -> Iterator[RedisServer]:
         server.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def store_url(request: pytest.FixtureRequest) -> str:
-    """``memory://``, then the URL of a flushed redis-server: one run per store."""
+    """``memory://``, then the URL of a flushed redis-server: one run per store.
+
+    The Redis run carries the ``redis`` mark (``-m "not redis"`` skips it).
+    """
     if request.param == "memory":
         return "memory://"
     url: str = request.getfixturevalue("redis_url")

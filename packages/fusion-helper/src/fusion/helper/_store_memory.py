@@ -363,8 +363,11 @@ class MemoryStore(SharedStore):
             elif blocking_timeout is not None and blocking_timeout <= 0:
                 raise TimeoutError(f"lock {name!r} is held by another task")
             else:
+                # asyncio.timeout cancels the waiter cleanly; wait_for on 3.11 can
+                # lose a lock acquired just as the timeout fires.
                 try:
-                    await asyncio.wait_for(state.lock.acquire(), blocking_timeout)
+                    async with asyncio.timeout(blocking_timeout):
+                        await state.lock.acquire()
                 except TimeoutError:
                     raise TimeoutError(
                         f"lock {name!r} not acquired within {blocking_timeout} s"

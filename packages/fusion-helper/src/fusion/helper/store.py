@@ -149,7 +149,12 @@ class SharedStore(ABC):
 
 
 def create_store(url: str = "memory://") -> SharedStore:
-    """Build the store named by ``url`` (``memory://``, ``redis://``, ``rediss://``)."""
+    """Build the store named by ``url`` (``memory://``, ``redis://``, ``rediss://``, ``unix://``).
+
+    Redis URLs take redis-py's query options (``socket_timeout``, ...) and
+    ``prefix``, the namespace of every key and channel (default ``fusion:``),
+    so several services can share one Redis: ``redis://host:6379/0?prefix=timeline:``.
+    """
     scheme = url.partition("://")[0].lower()
     if scheme == "memory":
         from fusion.helper._store_memory import MemoryStore
