@@ -42,13 +42,25 @@ class WebhookNotAllowedError(ValueError):
 class _Stream:
     """One open event stream, tracked so shutdown can end it."""
 
-    __slots__ = ("case_guid", "subscription", "task", "username")
+    __slots__ = ("case_guid", "last_write", "response", "subscription", "task", "username")
 
     def __init__(self, case_guid: UUID, username: str, subscription: Subscription) -> None:
         self.case_guid = case_guid
         self.username = username
         self.subscription = subscription
         self.task = asyncio.current_task()
+        self.response: web.StreamResponse | None = None
+        self.last_write = 0.0
+
+    async def keepalive(self) -> None:
+        response = self.response
+        if response is None:
+            return
+        try:
+            await response.write(SSE_KEEPALIVE)
+        except (ConnectionResetError, RuntimeError):
+            # The client is gone (or the response already ended): end the stream.
+            self.subscription.close()
 
 
 class FusionEventAPI:
@@ -71,6 +83,8 @@ class FusionEventAPI:
         self._streams: set[_Stream] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._setup_slots = asyncio.Semaphore(config.setup_concurrency)
+        self._last_frame: tuple[StoreMessage, bytes] | None = None
 
     # -- wiring --------------------------------------------------------------
     def setup(self, app: web.Application) -> None:
@@ -101,6 +115,7 @@ class FusionEventAPI:
         self._watchers = CaseWatchers(self._store, max_usernames=self.config.max_watchers)
         self._closing = False
         self._spawn(self._watchers.refresh_forever())
+        self._spawn(self._keepalive_forever())
 
     async def _on_shutdown(self, app: web.Application) -> None:
         await self.close()
@@ -174,31 +189,36 @@ class FusionEventAPI:
         self, request: web.Request, identity: Identity, case: Case, after_id: str
     ) -> web.StreamResponse:
         channel = case_channel(case.guid)
-        if not after_id:
-            # A fresh subscriber starts at the current end of the history: the
-            # id sent with its first event lets it resume from there later.
-            after_id = _last_id(await self.pubsub.history(channel))
-        # Subscribe before reading the history so nothing falls in between;
-        # duplicates are skipped by id below. end_on_loss: after a store outage
-        # the client reconnects with Last-Event-ID and gets what was missed.
         subscription = self.pubsub.subscribe(
             channel, maxsize=self.config.queue_size, end_on_loss=True
         )
-        await subscription.start()
         stream = _Stream(case.guid, identity.username, subscription)
-        self._streams.add(stream)
         response: web.StreamResponse | None = None
+        joined = False
         try:
-            if self.watchers.add(case.guid, identity.username):
-                self._spawn(self._joined(case, identity.username))
-            kept = await self.pubsub.history(channel)
-            head = _last_id(kept)
-            if message_id_key(after_id) > message_id_key(head):
-                # An id from the future (forged, or from a history since lost)
-                # would otherwise silence every live event as a "duplicate".
-                after_id = head
-            missed = [message for message in kept if _is_after(message, after_id)]
-            usernames = await self.watchers.usernames(case.guid)
+            # Bounded: a burst of new streams would otherwise run as many store
+            # commands at once, and the Redis pool opens a connection for each.
+            async with self._setup_slots:
+                if not after_id:
+                    # A fresh subscriber starts at the current end of the history:
+                    # the id sent with its first event lets it resume from there.
+                    after_id = _last_id(await self.pubsub.history(channel))
+                # Subscribe before reading the history so nothing falls in between;
+                # duplicates are skipped by id below. end_on_loss: after a store
+                # outage the client reconnects with Last-Event-ID and catches up.
+                await subscription.start()
+                self._streams.add(stream)
+                joined = True
+                if self.watchers.add(case.guid, identity.username):
+                    self._spawn(self._joined(case, identity.username))
+                kept = await self.pubsub.history(channel)
+                head = _last_id(kept)
+                if message_id_key(after_id) > message_id_key(head):
+                    # An id from the future (forged, or from a history since lost)
+                    # would otherwise silence every live event as a "duplicate".
+                    after_id = head
+                missed = [message for message in kept if _is_after(message, after_id)]
+                usernames = await self.watchers.usernames(case.guid)
             response = web.StreamResponse(headers=_SSE_HEADERS)
             await response.prepare(request)
             hello = Event(
@@ -213,32 +233,57 @@ class FusionEventAPI:
                 if _is_after(message, last_id):
                     await response.write(format_sse(message.data, id=message.id))
                     last_id = message.id or last_id
-            keepalive = self.config.keepalive
-            while True:
-                try:
-                    async with asyncio.timeout(keepalive):
-                        message = await anext(subscription)
-                except TimeoutError:
-                    await response.write(SSE_KEEPALIVE)
-                    continue
-                except StopAsyncIteration:
-                    break
-                if _is_after(message, last_id):
-                    await response.write(format_sse(message.data, id=message.id))
-                    last_id = message.id or last_id
+            loop = asyncio.get_running_loop()
+            stream.last_write = loop.time()
+            stream.response = response
+            # Live messages come in publish order: once one is newer than what
+            # the history gave, no later one can be a duplicate.
+            deduplicate = True
+            async for message in subscription:
+                if deduplicate:
+                    if not _is_after(message, last_id):
+                        continue
+                    deduplicate = False
+                stream.last_write = loop.time()
+                await response.write(self._frame(message))
             if subscription.dropped:
                 _LOGGER.warning(
                     "event stream of %s on case %s ended: too slow", identity.username, case.guid
                 )
+            stream.response = None  # no keepalive after the end
             await response.write_eof()
         except ConnectionResetError:
             pass  # the client went away: nothing to tell it
         finally:
             subscription.close()
             self._streams.discard(stream)
-            if self.watchers.remove(case.guid, identity.username):
+            if joined and self.watchers.remove(case.guid, identity.username):
                 self._spawn(self._left(case, identity.username))
         return response if response is not None else web.Response(status=204)
+
+    async def _keepalive_forever(self) -> None:
+        # One ticker for every stream rather than a timeout around each wait:
+        # arming and cancelling a timer per event per subscriber costs more than
+        # the write itself when a thousand streams watch a case.
+        keepalive = self.config.keepalive
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(keepalive / 4)
+            now = loop.time()
+            for stream in list(self._streams):
+                if stream.response is not None and now - stream.last_write >= keepalive:
+                    stream.last_write = now
+                    self._spawn(stream.keepalive())
+
+    def _frame(self, message: StoreMessage) -> bytes:
+        # Every subscriber of a channel gets the same message object from the
+        # pub/sub fan-out: format it once, not once per subscriber.
+        cached = self._last_frame
+        if cached is not None and cached[0] is message:
+            return cached[1]
+        frame = format_sse(message.data, id=message.id)
+        self._last_frame = (message, frame)
+        return frame
 
     async def _joined(self, case: Case, username: str) -> None:
         try:

@@ -38,5 +38,7 @@ class FusionEventConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     """Most distinct usernames listed as watching one case."""
     events_channel: str | None = "fusion:events"
     """Every event is also published here, for synchronizers (None: not published)."""
+    setup_concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 16
+    """Streams being set up (history and watcher reads) at the same time."""
     shutdown_timeout: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     """Seconds shutdown waits for open streams to end."""
