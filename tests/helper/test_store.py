@@ -386,3 +386,31 @@ async def test_redis_unreachable_fails_fast() -> None:
         assert time.monotonic() - started < 2
     finally:
         await store.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("redis://host:notaport/0", "Port"),
+        ("redis://127.0.0.1:6379/abc", "database 'abc'"),
+        ("redis://127.0.0.1:6379/0?socket_timeout=x", "socket_timeout"),
+    ],
+)
+def test_redis_bad_url_is_a_clear_error(url: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=f"invalid Redis URL.*{reason}"):
+        create_store(url)
+
+
+@pytest.mark.redis
+async def test_redis_password_never_in_errors() -> None:
+    from fusion_testing.services import free_port
+
+    store = create_store(f"redis://user:s3cr3t@127.0.0.1:{free_port()}/0")
+    try:
+        with pytest.raises(StoreUnavailableError) as caught:
+            await store.get("k")
+        assert "s3cr3t" not in str(caught.value)
+        assert "user:***@" in str(caught.value)
+    finally:
+        await store.close()

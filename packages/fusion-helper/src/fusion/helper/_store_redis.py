@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -42,6 +43,12 @@ DEFAULT_SOCKET_TIMEOUT = 2.0
 DEFAULT_HEALTH_CHECK_INTERVAL = 30
 # How long one read of a pub/sub connection waits before looping (health checks run between).
 _PUBSUB_READ_TIMEOUT = 5.0
+
+_KEEPALIVE: dict[int, int] = {
+    option: value
+    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+    if (option := getattr(socket, name, None)) is not None
+}
 
 _INCR = """
 local n = redis.call('INCR', KEYS[1])
@@ -206,6 +213,11 @@ class RedisStore(SharedStore):
         self.prefix = query.pop("prefix", DEFAULT_PREFIX)
         self._redis_url = urlunsplit(parts._replace(query=urlencode(query)))
         self._where = _safe_url(url)
+        database = parts.path.strip("/")
+        if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
+            raise ValueError(
+                f"invalid Redis URL {self._where!r}: database {database!r} is not a number"
+            )
         options: dict[str, Any] = {
             "socket_connect_timeout": DEFAULT_CONNECT_TIMEOUT,
             "socket_timeout": DEFAULT_SOCKET_TIMEOUT,
@@ -214,6 +226,10 @@ class RedisStore(SharedStore):
             # Redis closed when it restarted), none on timeouts, which may
             # have executed a command already.
             "retry": Retry(NoBackoff(), 1, (RedisConnectionError,)),
+            # An idle pub/sub connection to a vanished host is noticed within
+            # about a minute instead of the kernel's two hours.
+            "socket_keepalive": True,
+            "socket_keepalive_options": _KEEPALIVE,
         }
         try:
             self._redis: Redis = Redis.from_url(self._redis_url, **options)
