@@ -216,3 +216,34 @@ async def test_recovers_after_redis_restart(private_redis_server: RedisServer) -
     finally:
         await hub.close()
         await store.close()
+
+
+@pytest.mark.redis
+async def test_channels_changed_during_outage_are_settled(
+    private_redis_server: RedisServer,
+) -> None:
+    store = create_store(private_redis_server.url)
+    hub = FusionPubSub(store, reconnect_delay=(0.05, 0.2))
+    try:
+        staying = hub.subscribe("staying")
+        leaving = hub.subscribe("leaving")
+        await staying.start()
+        await leaving.start()
+        private_redis_server.kill()
+        await _wait_for(lambda: hub.losses == 1)
+        leaving.close()
+        private_redis_server.start()
+        # Subscribers arriving while the reader reconnects all get subscribed.
+        newcomers = [hub.subscribe(f"new{i}") for i in range(20)]
+        await asyncio.gather(*(s.start() for s in newcomers))
+        await _wait_for(lambda: hub.connected)
+        for index, subscription in enumerate(newcomers):
+            await hub.publish(f"new{index}", b"hi")
+            assert (await _next(subscription)).data == b"hi"
+        await hub.publish("staying", b"still")
+        assert (await _next(staying)).data == b"still"
+        # The upstream connection ends up with exactly the channels in use.
+        await _wait_for(lambda: private_redis_server.pubsub_clients()[0]["sub"] == "21")
+    finally:
+        await hub.close()
+        await store.close()

@@ -316,12 +316,14 @@ class FusionPubSub:
             self._wake.clear()
             connected = False
             try:
-                async with self.store.subscribe(*self._channels) as upstream:
+                # Channels may come and go while connecting: _resync() settles the difference.
+                wanted = list(self._channels)
+                async with self.store.subscribe(*wanted) as upstream:
                     if not isinstance(upstream, ChannelSubscription):
                         raise TypeError(
                             f"{type(self.store).__name__}.subscribe() must yield add()/remove()"
                         )
-                    self._synced = set(self._channels)
+                    self._synced = set(wanted)
                     self._upstream = upstream
                     self._connected.set()
                     connected = True
@@ -358,12 +360,15 @@ class FusionPubSub:
             delay = min(delay * 2, self.reconnect_delay[1])
 
     async def _resync(self, upstream: ChannelSubscription) -> None:
-        # Channels added while this upstream was being connected.
         async with self._lock:
             missing = [channel for channel in self._channels if channel not in self._synced]
+            unused = [channel for channel in self._synced if channel not in self._channels]
             if missing:
                 await upstream.add(*missing)
                 self._synced.update(missing)
+            if unused:
+                self._synced.difference_update(unused)
+                await upstream.remove(*unused)
 
     def _fanout(self, channel: str, message: StoreMessage) -> None:
         subscribers = self._channels.get(channel)
