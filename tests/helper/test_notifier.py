@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from fusion_testing.services import free_port
+from fusion_testing.slapd import write_test_certificates
 
 from fusion.concept import Case, Event
 from fusion.helper.notifier import NOTIFIER_TOKEN_HEADER, FusionNotifier, case_channel
@@ -234,3 +239,74 @@ async def test_invalid_options() -> None:
         FusionNotifier(hub, token=TOKEN, retries=-1)
     with pytest.raises(ValueError, match="timeout"):
         FusionNotifier(hub, token=TOKEN, timeout=0)
+
+
+# -- TLS: verification, custom CA, pinned fingerprint ----------------------------------
+@dataclass
+class TLSReceiver:
+    url: str
+    ca_file: Path
+    der: bytes
+    receiver: Receiver
+
+
+@pytest.fixture
+async def tls_receiver(tmp_path: Path) -> AsyncIterator[TLSReceiver]:
+    ca_file = write_test_certificates(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    state = Receiver()
+    app = web.Application()
+    app.router.add_post("/{name}", state.handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
+    der = ssl.PEM_cert_to_DER_cert((tmp_path / "server.pem").read_text())
+    try:
+        yield TLSReceiver(f"https://127.0.0.1:{port}/hook", ca_file, der, state)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("mode", ["ca", "fingerprint", "no-verify"])
+async def test_tls_webhook_delivered(
+    pubsub: FusionPubSub, tls_receiver: TLSReceiver, mode: str
+) -> None:
+    options: dict[str, ssl.SSLContext | aiohttp.Fingerprint | bool] = {
+        "ca": ssl.create_default_context(cafile=tls_receiver.ca_file),
+        "fingerprint": aiohttp.Fingerprint(hashlib.sha256(tls_receiver.der).digest()),
+        "no-verify": False,
+    }
+    notifier = _notifier(pubsub, ssl=options[mode])
+    try:
+        await notifier.notify(_event(), [tls_receiver.url])
+        await notifier.flush(5)
+    finally:
+        await notifier.close()
+    assert len(tls_receiver.receiver.requests) == 1
+    assert tls_receiver.receiver.requests[0][1][NOTIFIER_TOKEN_HEADER] == TOKEN
+
+
+@pytest.mark.parametrize("mode", ["default", "wrong-fingerprint"])
+async def test_tls_webhook_refused_without_retry(
+    pubsub: FusionPubSub,
+    tls_receiver: TLSReceiver,
+    caplog: pytest.LogCaptureFixture,
+    mode: str,
+) -> None:
+    # The default verifies against the system CAs, which do not know the test CA.
+    notifier = (
+        _notifier(pubsub, retries=3)
+        if mode == "default"
+        else _notifier(pubsub, retries=3, ssl=aiohttp.Fingerprint(hashlib.sha256(b"x").digest()))
+    )
+    try:
+        with caplog.at_level(logging.INFO, logger="fusion.helper.notifier"):
+            await notifier.notify(_event(), [tls_receiver.url])
+            await notifier.flush(5)
+    finally:
+        await notifier.close()
+    assert tls_receiver.receiver.requests == []
+    assert "TLS verification failed" in caplog.text
+    assert "attempt 1 failed" not in caplog.text

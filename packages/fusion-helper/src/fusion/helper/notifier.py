@@ -176,6 +176,14 @@ class FusionNotifier:
             except _PermanentFailure as exc:
                 _LOGGER.warning("webhook %s refused the event: %s", where, exc)
                 return False
+            except (
+                aiohttp.ClientConnectorCertificateError,
+                aiohttp.ServerFingerprintMismatch,
+            ) as exc:
+                # The receiver's certificate will not change between attempts.
+                reason = (str(exc) or type(exc).__name__).replace(url, where)
+                _LOGGER.warning("webhook %s refused: TLS verification failed: %s", where, reason)
+                return False
             except (aiohttp.InvalidURL, ValueError):
                 _LOGGER.warning("webhook %s skipped: malformed URL", where)
                 return False
