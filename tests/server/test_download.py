@@ -291,3 +291,29 @@ async def test_client_disconnect_mid_download_is_harmless(
         response.close()
     # The server keeps answering.
     await _expect_404(client, _url(key))
+
+
+async def test_prepare_errors_are_envelope_answers(
+    aiohttp_client: ClientFactory, store: SharedStore, root: Path
+) -> None:
+    config = FusionDownloadConfig(roots=[root], max_pending=1)
+    app = _app(store, config)
+
+    async def prepare(request: web.Request) -> web.Response:
+        key = await request.app[DOWNLOADS].prepare(root / request.query["name"], "x")
+        return web.json_response({"status": 200, "data": key.to_dict()})
+
+    app.router.add_post("/prepare", prepare)
+    client = await aiohttp_client(app)
+    (root / "f").write_bytes(b"data")
+    async with client.post("/prepare?name=../../etc/passwd") as response:
+        assert response.status == 404
+        body = await response.json()
+        # The answer names no server path.
+        assert body == {"status": 404, "message": "file not found"}
+    async with client.post("/prepare?name=f") as response:
+        assert response.status == 200
+    async with client.post("/prepare?name=f") as response:
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "60"
+        assert "pending" in (await response.json())["message"]

@@ -14,7 +14,7 @@ import msgspec
 from aiohttp import web
 
 from fusion.concept import PendingDownloadKey
-from fusion.helper.aiohttp import error_response, stream_response
+from fusion.helper.aiohttp import FusionHTTPError, error_response, stream_response
 from fusion.helper.store import SharedStore, StoreUnavailableError
 from fusion.helper.streaming import iter_file
 from fusion.server.appkeys import STORE
@@ -38,12 +38,26 @@ _GUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{22,128}$")
 
 
-class DownloadRootError(ValueError):
-    """The file is not a regular file under one of the configured download roots."""
+class DownloadRootError(FusionHTTPError, ValueError):
+    """The file is not a regular file under one of the configured download roots.
+
+    Uncaught in a handler, the envelope middleware answers 404 (which names no path).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(404, "file not found")
+        self.args = (message,)
+        self.detail = message
+
+    def __str__(self) -> str:
+        return self.detail
 
 
-class TooManyPendingDownloadsError(RuntimeError):
-    """The cap of pending download keys is reached: try again after some expire."""
+class TooManyPendingDownloadsError(FusionHTTPError, RuntimeError):
+    """The cap of pending download keys is reached: answered 503 with Retry-After."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(503, message, headers={"Retry-After": str(max(1, round(retry_after)))})
 
 
 class _PendingDownload(msgspec.Struct, kw_only=True):
@@ -119,7 +133,7 @@ class FusionDownloadAPI:
         )
         if not added:
             raise TooManyPendingDownloadsError(
-                f"too many pending downloads (at most {self.config.max_pending})"
+                f"too many pending downloads (at most {self.config.max_pending})", ttl
             )
         pending = _PendingDownload(token=token, filepath=str(resolved), filename=filename)
         await self.store.set(_KEY_PREFIX + str(guid), _ENCODER.encode(pending), ttl=ttl)

@@ -15,11 +15,17 @@ from fusion.helper.aiohttp import SSE_KEEPALIVE, FusionHTTPError, format_sse, ge
 from fusion.helper.notifier import FusionNotifier, case_channel
 from fusion.helper.pubsub import FusionPubSub, Subscription
 from fusion.helper.store import SharedStore, StoreMessage, StoreUnavailableError, message_id_key
-from fusion.server.appkeys import EVENTS, PUBSUB, STORE
+from fusion.server.appkeys import AUTH, EVENTS, PUBSUB, STORAGE, STORE
+from fusion.server.auth.access import Action
 from fusion.server.event.config import FusionEventConfig
 from fusion.server.event.watchers import CaseWatchers
 
-__all__ = ["CaseReadAuthorizer", "FusionEventAPI", "WebhookNotAllowedError"]
+__all__ = [
+    "SUBSCRIBE_EVENTS",
+    "CaseReadAuthorizer",
+    "FusionEventAPI",
+    "WebhookNotAllowedError",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -33,6 +39,10 @@ _SSE_HEADERS = {
     # Proxies such as nginx would otherwise hold events back in their buffers.
     "X-Accel-Buffering": "no",
 }
+
+
+SUBSCRIBE_EVENTS = Action("subscribe_events")
+"""Read access to the case: what following its events needs."""
 
 
 class WebhookNotAllowedError(ValueError):
@@ -183,7 +193,25 @@ class FusionEventAPI:
     async def _read_access(self, request: web.Request, case_guid: UUID) -> tuple[Identity, Case]:
         if self._authorize is not None:
             return await self._authorize(request, case_guid)
-        raise FusionHTTPError(501, "event API has no authorizer")
+        return await self.authorize_with_auth_api(request, case_guid)
+
+    @staticmethod
+    async def authorize_with_auth_api(
+        request: web.Request, case_guid: UUID
+    ) -> tuple[Identity, Case]:
+        """The default authorizer: the server's auth API and storage (``app[AUTH]``,
+        ``app[STORAGE]``): 401 without credentials, 404 unknown case, 403 no read access."""
+        app = request.app
+        auth = app.get(AUTH)
+        storage = app.get(STORAGE)
+        if auth is None or storage is None:
+            raise FusionHTTPError(501, "event API has no authorizer")
+        await auth.authenticate(request)
+        case = await storage.retrieve_case(case_guid)
+        if case is None:
+            raise FusionHTTPError(404, f"case {case_guid} not found")
+        identity = await auth.authorize(request, SUBSCRIBE_EVENTS, case)
+        return identity, case
 
     async def _stream_events(
         self, request: web.Request, identity: Identity, case: Case, after_id: str
