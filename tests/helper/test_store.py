@@ -123,6 +123,20 @@ async def test_incr_fixed_window(store: SharedStore) -> None:
     assert await store.incr("failures", ttl=0.3) == 1
 
 
+async def test_incr_gives_a_persistent_key_a_window(store: SharedStore) -> None:
+    await store.set("counter", b"41")
+    assert await store.incr("counter", ttl=10) == 42
+    left = await store.ttl("counter")
+    assert left is not None
+    assert 9 < left <= 10
+
+
+async def test_incr_on_non_integer_is_a_value_error(store: SharedStore) -> None:
+    await store.set("text", b"abc")
+    with pytest.raises(ValueError, match="integer"):
+        await store.incr("text", ttl=10)
+
+
 async def test_incr_concurrent(store: SharedStore) -> None:
     results = await asyncio.gather(*(store.incr("n", ttl=10) for _ in range(100)))
     assert sorted(results) == list(range(1, 101))

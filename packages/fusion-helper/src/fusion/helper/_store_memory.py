@@ -217,7 +217,9 @@ class MemoryStore(SharedStore):
             value = int(entry[0]) + 1
         except ValueError:
             raise ValueError(f"key {key!r} does not hold an integer") from None
-        self._values[key] = (str(value).encode(), entry[1])
+        # A counter never outlives its window, even over a key stored without one.
+        deadline = entry[1] if entry[1] is not None else now + ttl
+        self._values[key] = (str(value).encode(), deadline)
         return value
 
     async def ttl(self, key: str) -> float | None:
