@@ -122,6 +122,10 @@ class SharedStore(ABC):
         This is one upstream subscription: use :class:`fusion.helper.pubsub.FusionPubSub`
         to share it between many local subscribers. The iterator ends (or raises
         StoreUnavailableError) when the backend connection is lost.
+
+        The iterator must also have ``async add(*channels)`` and ``async
+        remove(*channels)`` (:class:`fusion.helper.pubsub.ChannelSubscription`),
+        which FusionPubSub uses to change channels without a new connection.
         """
 
     @abstractmethod
