@@ -274,3 +274,31 @@ async def test_event_api_notifications_reach_the_synchronizer(
             break
         await asyncio.sleep(0.05)
     assert seen[0] == case.guid
+
+
+async def test_replicas_sharing_a_store_sync_each_case_once(
+    storage: SQLiteStorage, store_url: str
+) -> None:
+    cases = await _cases(storage, 4)
+    runs: list[tuple[str, UUID]] = []
+    # Two stores on one URL stand for two replicas (memory:// is one process: one store).
+    first_store = create_store(store_url)
+    second_store = create_store(store_url) if store_url != "memory://" else first_store
+
+    def job_of(name: str) -> Callable[[Case], Awaitable[None]]:
+        async def job(case: Case) -> None:
+            runs.append((name, case.guid))
+            await asyncio.sleep(0.2)
+
+        return job
+
+    config = FusionSynchronizerConfig(interval=3600, on_events=False)
+    first = FusionSynchronizer(config, storage, store=first_store, sync_case=job_of("first"))
+    second = FusionSynchronizer(config, storage, store=second_store, sync_case=job_of("second"))
+    try:
+        await asyncio.gather(first.sync_all(), second.sync_all())
+    finally:
+        await first_store.close()
+        if second_store is not first_store:
+            await second_store.close()
+    assert sorted(guid for _, guid in runs) == sorted(case.guid for case in cases)

@@ -22,5 +22,9 @@ class FusionSynchronizerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fiel
     """Also synchronise a case as soon as one of its events arrives."""
     events_channel: str = "fusion:events"
     """Service-wide event channel (the event API publishes every event there too)."""
+    exclusive: bool = True
+    """With a shared store, one replica at a time syncs a given case (a store lock)."""
+    lock_lease: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    """Seconds the lock of a case is held at most when ``case_timeout`` is None."""
     stop_timeout: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     """Seconds running syncs get to finish on stop before they are cancelled."""

@@ -90,7 +90,10 @@ class FusionSynchronizer:
 
     # -- scheduling ----------------------------------------------------------
     async def _run_one(self, case: Case) -> None:
-        async with self._semaphore:
+        async with self._semaphore, contextlib.AsyncExitStack() as stack:
+            store = self.store if self.config.exclusive else None
+            if store is not None and not await self._lock_case(stack, store, case):
+                return
             try:
                 async with asyncio.timeout(self.config.case_timeout):
                     await self.sync_case(case)
@@ -105,6 +108,25 @@ class FusionSynchronizer:
             except Exception:
                 # One case's failure must never stop the others.
                 _LOGGER.exception("sync of case %s failed", case.guid)
+
+    async def _lock_case(
+        self, stack: contextlib.AsyncExitStack, store: SharedStore, case: Case
+    ) -> bool:
+        # Replicas sharing the store all run their synchronizer: the lock makes
+        # one of them sync a given case while the others skip it.
+        timeout = self.config.case_timeout
+        lease = timeout + 10 if timeout is not None else self.config.lock_lease
+        try:
+            await stack.enter_async_context(
+                store.lock(f"fusion:sync:{case.guid}", timeout=lease, blocking_timeout=0)
+            )
+        except TimeoutError:
+            _LOGGER.debug("case %s is being synchronised elsewhere", case.guid)
+            return False
+        except StoreUnavailableError as exc:
+            _LOGGER.warning("case %s not synchronised: cannot lock it: %s", case.guid, exc)
+            return False
+        return True
 
     def _schedule(self, case: Case) -> asyncio.Task[None] | None:
         if self._stopping:
