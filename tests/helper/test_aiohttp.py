@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -591,3 +593,10 @@ async def test_sse_round_trip_over_http(aiohttp_client: AiohttpClient) -> None:
     assert received == [
         SSEEvent(str(index), "case", payload, None) for index, payload in enumerate(payloads)
     ]
+
+
+def test_import_does_not_load_aiohttp_web() -> None:
+    # Clients import iter_sse from this module: it must not drag the server side in.
+    code = "import sys, fusion.helper.aiohttp; print('aiohttp.web' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    assert result.stdout.strip() == b"False"

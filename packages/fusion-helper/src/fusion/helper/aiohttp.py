@@ -18,17 +18,21 @@ import re
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 from urllib.parse import quote
 from uuid import UUID
 
 import aiohttp
 import msgspec
-from aiohttp import web
 
 from fusion.concept import Concept, json_decoder
 from fusion.helper.store import StoreUnavailableError
 from fusion.helper.streaming import SizeLimitError, stream_to_file
+
+if TYPE_CHECKING:
+    # aiohttp.web is imported where it is used: a client that only parses event
+    # streams (iter_sse) never loads the server side of aiohttp.
+    from aiohttp import web
 
 __all__ = [
     "SSE_KEEPALIVE",
@@ -54,7 +58,7 @@ _LOGGER = logging.getLogger("fusion.helper.aiohttp")
 
 ConceptT = TypeVar("ConceptT", bound=Concept)
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
 
 # ---------------------------------------------------------------------------
 # envelope
@@ -121,6 +125,8 @@ def json_response(
         envelope["message"] = message or _reason(status)
     elif message is not None:
         envelope["message"] = message
+    from aiohttp import web
+
     return web.Response(
         body=_ENCODER.encode(envelope),
         status=status,
@@ -168,6 +174,8 @@ def envelope_middleware(*, logger: logging.Logger | None = None) -> Any:
     streamed response has already started, the exception is re-raised so aiohttp
     drops the connection (the client sees a truncated transfer, not a fake success).
     """
+    from aiohttp import web
+
     log = logger or _LOGGER
 
     @web.middleware
@@ -401,6 +409,8 @@ async def stream_response(
     If the source fails midway the exception propagates and the connection is
     dropped, so the client never mistakes a partial file for a complete one.
     """
+    from aiohttp import web
+
     response = web.StreamResponse(
         headers={
             "Content-Type": content_type,
