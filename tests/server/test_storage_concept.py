@@ -351,4 +351,5 @@ async def test_writes_do_not_block_the_loop(samples: ConceptStorage[Sample]) -> 
     stop.set()
     await task
     assert await samples.enumerate() == sorted(guids)
-    assert max(lags) < max(0.03, elapsed / 5), (max(lags), elapsed)
+    assert max(lags) < elapsed / 2, (max(lags), elapsed)
+    assert len(lags) > 10

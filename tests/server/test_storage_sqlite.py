@@ -503,8 +503,9 @@ async def test_loop_is_never_blocked_by_writes(tmp_path: Path) -> None:
         await task
 
         assert len(await storage.enumerate_cases()) == 500
-        # Blocking writes would give one lag about as long as the whole batch.
-        assert max(lags) < max(0.03, elapsed / 5), (max(lags), elapsed)
+        # Blocking writes would stall the loop for about the whole batch; under a
+        # noisy machine a non-blocking storage still shows many short gaps.
+        assert max(lags) < elapsed / 2, (max(lags), elapsed)
         assert len(lags) > 10
 
 
@@ -512,13 +513,14 @@ async def test_cached_reads_stay_on_the_loop_and_are_fast(storage: SQLiteStorage
     case = TimelineCase(name="hot")
     await storage.create_case(case)
     await storage.retrieve_case(case.guid)
-    started = time.perf_counter()
+    # CPU time of the process (every thread), so a busy machine does not skew it.
+    started = time.process_time()
     for _ in range(2000):
         loaded = await storage.retrieve_case(case.guid)
-    per_read = (time.perf_counter() - started) / 2000
+    per_read = (time.process_time() - started) / 2000
     assert loaded == case
-    # A thread hop alone costs ~70 us; a cached read is a few us.
-    assert per_read < 40e-6, per_read
+    # A thread hop alone costs ~60 us of CPU; a cached read about 4 us.
+    assert per_read < 25e-6, per_read
 
 
 async def test_read_racing_a_write_never_caches_stale_data(storage: SQLiteStorage) -> None:
