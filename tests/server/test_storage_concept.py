@@ -327,6 +327,21 @@ async def test_purge_removes_half_deleted_objects(tmp_path: Path) -> None:
     assert keep.exists()
 
 
+async def test_purge_reaches_into_data_d(samples: ConceptStorage[Sample]) -> None:
+    guid = uuid4()
+    await samples.write_data_file(guid, "a/b/report.json", b"{}")
+    stale = samples.data_dir(guid) / "a" / "b" / ".report.json.0123456789ab.tmp"
+    stale.write_bytes(b"{partial")
+    fresh = samples.data_dir(guid) / "a" / ".other.0123456789ab.tmp"
+    fresh.write_bytes(b"being written")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    assert await samples.purge_leftovers() == 1
+    assert not stale.exists()
+    assert fresh.exists()
+    assert await samples.list_data_files(guid) == ["a/b/report.json"]
+
+
 # -- the event loop ----------------------------------------------------------------------------
 
 

@@ -109,6 +109,10 @@ class ConceptStorage(Generic[ConceptT]):
         removed = purge_leftovers(self.root, older_than)
         for guid in list_guid_dirs(self.root):
             removed += purge_leftovers(self.object_dir(guid), older_than)
+            # Atomic writes into data.d leave their temporaries in sub-folders too.
+            for directory, dirnames, _ in os.walk(self.data_dir(guid)):
+                dirnames[:] = [name for name in dirnames if not name.startswith(".")]
+                removed += purge_leftovers(Path(directory), older_than)
         return removed
 
     # -- metadata -------------------------------------------------------------------
