@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -496,3 +497,43 @@ async def test_check_webhooks_refuses_urls_outside_the_prefixes() -> None:
     with pytest.raises(WebhookNotAllowedError, match="disabled"):
         closed.check_webhooks(["https://hooks.example.org/a"])
     closed.check_webhooks([])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"webhook_prefixes": ["https://hooks.example.org"]}, "webhook_prefixes[0]"),
+        ({"webhook_prefixes": ["ftp://hooks.example.org/"]}, "webhook_prefixes[0]"),
+        ({"webhook_ssl": {"cafile": "/nonexistent/ca.pem"}}, "webhook_ssl"),
+        ({"webhook_ssl": "not-a-fingerprint"}, "webhook_ssl"),
+        ({"keepalive": 0}, "keepalive"),
+    ],
+)
+def test_config_errors_name_the_setting(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(msgspec.ValidationError, match=re.escape(message)):
+        msgspec.convert(options, FusionEventConfig)
+
+
+async def test_watchers_of_other_replicas_expire(store: SharedStore) -> None:
+    from fusion.server.event import CaseWatchers
+
+    first = CaseWatchers(store, lease=0.3)
+    second = CaseWatchers(store, lease=0.3)
+    assert first.add(CASE.guid, "alice")
+    assert not first.add(CASE.guid, "alice")
+    await first.publish(CASE.guid)
+    assert second.add(CASE.guid, "bob")
+    await second.publish(CASE.guid)
+    assert await second.usernames(CASE.guid) == ["alice", "bob"]
+    assert await first.usernames(CASE.guid) == ["alice", "bob"]
+    # Alice's last stream on the first replica ends: gone everywhere.
+    assert not first.remove(CASE.guid, "alice")
+    assert first.remove(CASE.guid, "alice")
+    await first.publish(CASE.guid)
+    assert await second.usernames(CASE.guid) == ["bob"]
+    # A replica that dies without a word stops counting once its lease ends.
+    first.add(CASE.guid, "carol")
+    await first.publish(CASE.guid)
+    assert await second.usernames(CASE.guid) == ["bob", "carol"]
+    await asyncio.sleep(0.4)
+    assert await second.usernames(CASE.guid) == ["bob"]

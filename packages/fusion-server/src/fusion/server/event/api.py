@@ -12,6 +12,7 @@ from aiohttp import web
 
 from fusion.concept import Case, Event, Identity
 from fusion.helper.aiohttp import SSE_KEEPALIVE, FusionHTTPError, format_sse, get_guid
+from fusion.helper.config import load_ssl_config
 from fusion.helper.notifier import FusionNotifier, case_channel
 from fusion.helper.pubsub import FusionPubSub, Subscription
 from fusion.helper.store import SharedStore, StoreMessage, StoreUnavailableError, message_id_key
@@ -92,6 +93,7 @@ class FusionEventAPI:
         self._watchers: CaseWatchers | None = None
         self._streams: set[_Stream] = set()
         self._background: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[None]] = []
         self._closing = False
         self._setup_slots = asyncio.Semaphore(config.setup_concurrency)
         self._last_frame: tuple[StoreMessage, bytes] | None = None
@@ -114,7 +116,7 @@ class FusionEventAPI:
         self._notifier = FusionNotifier(
             pubsub,
             token=self.config.api_key or "",
-            ssl=self.config.webhook_verify_tls,
+            ssl=load_ssl_config(self.config.webhook_ssl, "event.webhook_ssl"),
             global_webhook=self.config.webhook,
             timeout=self.config.webhook_timeout,
             retries=self.config.webhook_retries,
@@ -124,8 +126,10 @@ class FusionEventAPI:
         )
         self._watchers = CaseWatchers(self._store, max_usernames=self.config.max_watchers)
         self._closing = False
-        self._spawn(self._watchers.refresh_forever())
-        self._spawn(self._keepalive_forever())
+        self._loops = [
+            asyncio.create_task(self._watchers.refresh_forever()),
+            asyncio.create_task(self._keepalive_forever()),
+        ]
 
     async def _on_shutdown(self, app: web.Application) -> None:
         await self.close()
@@ -325,7 +329,7 @@ class FusionEventAPI:
                 ),
                 webhooks=False,
             )
-        except (StoreUnavailableError, TimeoutError) as exc:
+        except StoreUnavailableError as exc:
             _LOGGER.warning("cannot announce %s watching case %s: %s", username, case.guid, exc)
 
     async def _left(self, case: Case, username: str) -> None:
@@ -340,7 +344,7 @@ class FusionEventAPI:
                 ),
                 webhooks=False,
             )
-        except (StoreUnavailableError, TimeoutError) as exc:
+        except StoreUnavailableError as exc:
             _LOGGER.warning("cannot announce %s leaving case %s: %s", username, case.guid, exc)
 
     async def _handle_events(self, request: web.Request) -> web.StreamResponse:
@@ -366,10 +370,22 @@ class FusionEventAPI:
             for task in stuck:
                 # Blocked writing to a client that does not read.
                 task.cancel()
+        for loop_task in self._loops:
+            loop_task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops = []
+        # Presence updates of the streams just closed are let through (other
+        # replicas would list those watchers until their lease ends otherwise),
+        # but a store that does not answer must not hold shutdown.
         background = list(self._background)
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        if background:
+            _done, pending = await asyncio.wait(background, timeout=2.0)
+            for task in pending:
+                task.cancel()
+            if pending:
+                _done, stuck = await asyncio.wait(pending, timeout=1.0)
+                if stuck:
+                    _LOGGER.warning("%d event tasks still running at shutdown", len(stuck))
         if self._notifier is not None:
             await self._notifier.close()
         if self._own_pubsub and self._pubsub is not None:

@@ -6,6 +6,8 @@ from typing import Annotated
 
 import msgspec
 
+from fusion.helper.config import ConfigError, load_ssl_config
+
 __all__ = ["FusionEventConfig"]
 
 
@@ -25,7 +27,9 @@ class FusionEventConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     """Retries after a failed POST (connection error, timeout, 5xx)."""
     webhook_backoff: Annotated[float, msgspec.Meta(ge=0)] = 0.5
     """Seconds before the first retry, doubled at each one."""
-    webhook_verify_tls: bool = True
+    webhook_ssl: bool | str | dict[str, str] = True
+    """TLS of webhook POSTs: true (system CAs), false (no verification), a SHA-256
+    certificate fingerprint to pin, or ``{cafile|capath|cadata, certfile, keyfile}``."""
     history: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 256
     """Events kept per case for clients resuming with ``Last-Event-ID``."""
     history_ttl: Annotated[float, msgspec.Meta(gt=0)] = 86400.0
@@ -42,3 +46,16 @@ class FusionEventConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     """Streams being set up (history and watcher reads) at the same time."""
     shutdown_timeout: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     """Seconds shutdown waits for open streams to end."""
+
+    def __post_init__(self) -> None:
+        # Checked when the file is read, so a bad CA path is a configuration error.
+        try:
+            load_ssl_config(self.webhook_ssl, "webhook_ssl")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        for index, prefix in enumerate(self.webhook_prefixes):
+            if not prefix.startswith(("http://", "https://")) or "/" not in prefix.split("://")[1]:
+                raise ValueError(
+                    f"webhook_prefixes[{index}]: {prefix!r} must be an http(s) URL prefix "
+                    "ending its host part with '/' (https://hooks.example.org/)"
+                )

@@ -17,27 +17,32 @@ __all__ = ["CaseWatchers"]
 
 _LOGGER = logging.getLogger(__name__)
 
-_KEY = "fusion:events:watchers:"
-_LOCK = "fusion:events:watchers-lock:"
+_CHANNEL = "fusion:events:watchers:"
+# Snapshots kept per case: far more than replicas, since each replica only
+# appends when its set of usernames changes or its lease is refreshed.
+_SNAPSHOTS = 512
 
 
-class _ReplicaEntry(msgspec.Struct, array_like=True):
+class _Snapshot(msgspec.Struct, array_like=True):
+    replica: str
     usernames: list[str]
     expires: float
 
 
-_ENTRIES = msgspec.json.Decoder(dict[str, _ReplicaEntry])
+_DECODER = msgspec.json.Decoder(_Snapshot)
 _ENCODER = msgspec.json.Encoder()
 
 
 class CaseWatchers:
     """The usernames watching each case.
 
-    Each replica counts its own streams per case and username, and writes the
-    set of its usernames to one shared-store key per case only when that set
-    changes (first stream of a user, last one gone): a thousand streams of one
-    user cost one write. Entries carry an expiry that :meth:`refresh` pushes
-    forward, so the usernames of a replica that died vanish on their own.
+    Each replica counts its own streams per case and username, and appends a
+    snapshot of its usernames to the case's bounded history in the shared
+    store only when that set changes (first stream of a user, last one gone):
+    a thousand streams of one user cost one write. The latest snapshot of each
+    replica counts until its expiry, which :meth:`refresh` pushes forward, so
+    the usernames of a replica that died vanish on their own. Appends are
+    atomic in the store, so no lock is needed between replicas.
     """
 
     def __init__(self, store: SharedStore, *, lease: float = 90.0, max_usernames: int = 10_000):
@@ -46,6 +51,8 @@ class CaseWatchers:
         self.max_usernames = max_usernames
         self.replica = uuid4().hex
         self._local: dict[UUID, Counter[str]] = {}
+        # One append at a time per case, so snapshots land in the order they were taken.
+        self._writing: dict[UUID, asyncio.Lock] = {}
 
     def local_usernames(self, case_guid: UUID) -> set[str]:
         return set(self._local.get(case_guid, ()))
@@ -70,38 +77,38 @@ class CaseWatchers:
         return True
 
     async def publish(self, case_guid: UUID) -> None:
-        """Write this replica's current usernames for the case to the shared store."""
-        key = _KEY + str(case_guid)
-        async with self.store.lock(_LOCK + str(case_guid), timeout=10, blocking_timeout=10):
-            entries = await self._entries(key)
-            usernames = sorted(self._local.get(case_guid, ()))[: self.max_usernames]
-            if usernames:
-                entries[self.replica] = _ReplicaEntry(usernames, time.time() + self.lease)
-            else:
-                entries.pop(self.replica, None)
-            if entries:
-                await self.store.set(key, _ENCODER.encode(entries), ttl=self.lease)
-            else:
-                await self.store.delete(key)
-
-    async def _entries(self, key: str) -> dict[str, _ReplicaEntry]:
-        raw = await self.store.get(key)
-        if raw is None:
-            return {}
+        """Append this replica's current usernames for the case to the shared store."""
+        local = self._writing.setdefault(case_guid, asyncio.Lock())
         try:
-            entries = _ENTRIES.decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            _LOGGER.warning("ignoring a malformed watcher list in %s", key)
-            return {}
-        now = time.time()
-        return {replica: entry for replica, entry in entries.items() if entry.expires > now}
+            async with local:
+                usernames = sorted(self._local.get(case_guid, ()))[: self.max_usernames]
+                snapshot = _Snapshot(self.replica, usernames, time.time() + self.lease)
+                await self.store.publish(
+                    _CHANNEL + str(case_guid),
+                    _ENCODER.encode(snapshot),
+                    history=_SNAPSHOTS,
+                    history_ttl=self.lease,
+                )
+        finally:
+            # A race here only means two snapshots of the same state.
+            if not local.locked() and case_guid not in self._local:
+                self._writing.pop(case_guid, None)
 
     async def usernames(self, case_guid: UUID) -> list[str]:
         """Every username watching the case on any live replica, sorted."""
         names = set(self._local.get(case_guid, ()))
+        latest: dict[str, _Snapshot] = {}
         with contextlib.suppress(StoreUnavailableError):
-            for entry in (await self._entries(_KEY + str(case_guid))).values():
-                names.update(entry.usernames)
+            for message in await self.store.history(_CHANNEL + str(case_guid)):
+                try:
+                    snapshot = _DECODER.decode(message.data)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    continue
+                latest[snapshot.replica] = snapshot  # oldest first: the last one wins
+        now = time.time()
+        for replica, snapshot in latest.items():
+            if replica != self.replica and snapshot.expires > now:
+                names.update(snapshot.usernames)
         return sorted(names)[: self.max_usernames]
 
     async def refresh(self) -> None:
@@ -109,7 +116,7 @@ class CaseWatchers:
         for case_guid in list(self._local):
             try:
                 await self.publish(case_guid)
-            except (StoreUnavailableError, TimeoutError) as exc:
+            except StoreUnavailableError as exc:
                 _LOGGER.warning("cannot refresh the watchers of case %s: %s", case_guid, exc)
 
     async def refresh_forever(self) -> None:
