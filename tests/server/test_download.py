@@ -317,3 +317,15 @@ async def test_prepare_errors_are_envelope_answers(
         assert response.status == 503
         assert response.headers["Retry-After"] == "60"
         assert "pending" in (await response.json())["message"]
+
+
+async def test_head_does_not_use_up_the_key(
+    aiohttp_client: ClientFactory, store: SharedStore, root: Path
+) -> None:
+    client, api = await _client(aiohttp_client, store, root)
+    (root / "f").write_bytes(b"data")
+    key = await api.prepare(root / "f", "f")
+    async with client.head(_url(key)) as response:
+        assert response.status == 405
+    async with client.get(_url(key)) as response:
+        assert response.status == 200

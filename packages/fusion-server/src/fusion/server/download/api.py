@@ -91,7 +91,8 @@ class FusionDownloadAPI:
     def setup(self, app: web.Application) -> None:
         """Add the route; the store comes from ``app[STORE]`` unless given."""
         app[DOWNLOADS] = self
-        app.router.add_get("/api/download/{guid}/{token}", self._handle_download)
+        # No HEAD: it would use up the single-use key without delivering the file.
+        app.router.add_get("/api/download/{guid}/{token}", self._handle_download, allow_head=False)
         app.on_startup.append(self._on_startup)
 
     async def _on_startup(self, app: web.Application) -> None:

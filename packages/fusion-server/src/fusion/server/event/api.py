@@ -101,7 +101,8 @@ class FusionEventAPI:
     # -- wiring --------------------------------------------------------------
     def setup(self, app: web.Application) -> None:
         app[EVENTS] = self
-        app.router.add_get("/api/events/case/{case_guid}", self._handle_events)
+        # No HEAD: it would open a stream that never sends a byte.
+        app.router.add_get("/api/events/case/{case_guid}", self._handle_events, allow_head=False)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
 
