@@ -32,7 +32,8 @@ def _app(directory: Path) -> web.Application:
             {"name": uploaded.path.name, "size": uploaded.size, "claimed": uploaded.filename}
         )
 
-    app = web.Application(middlewares=[envelope_middleware()])
+    # A small client_max_size, as servers set for JSON bodies: uploads have their own cap.
+    app = web.Application(middlewares=[envelope_middleware()], client_max_size=1024)
     app.router.add_post("/upload", upload)
     return app
 
