@@ -1,7 +1,7 @@
 """fusion.server: the building blocks of a Fusion service and the ``fusion-server`` command."""
 
 from fusion.server.__about__ import __version__
-from fusion.server.app import FusionServer, body_size_middleware
+from fusion.server.app import FusionServer
 from fusion.server.appkeys import (
     AUTH,
     CONFIG,
@@ -59,7 +59,6 @@ __all__ = [
     "SharedStoreConfig",
     "StorageConfig",
     "__version__",
-    "body_size_middleware",
     "can_access_case",
     "can_delete",
     "decode_config",

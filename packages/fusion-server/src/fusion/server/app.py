@@ -13,13 +13,13 @@ or a subclass of :class:`FusionServer` overriding the ``create_*`` factories
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from aiohttp import web
 
 from fusion.concept import Case, Constant
-from fusion.helper.aiohttp import FusionHTTPError, envelope_middleware
+from fusion.helper.aiohttp import envelope_middleware
 from fusion.helper.store import SharedStore, StoreUnavailableError, create_store
 from fusion.server.appkeys import CONFIG, STORAGE, STORE
 from fusion.server.auth.api import FusionAuthAPI
@@ -32,28 +32,9 @@ from fusion.server.info.api import FusionInfoAPI
 from fusion.server.storage import FusionStorage
 from fusion.server.storage.sqlite import SQLiteStorage
 
-__all__ = ["FusionServer", "body_size_middleware"]
+__all__ = ["FusionServer"]
 
 _LOGGER = logging.getLogger("fusion.server")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def body_size_middleware(max_body_size: int) -> Any:
-    """Refuse, before any handler runs, a request whose Content-Length exceeds the cap (413).
-
-    Chunked bodies have no length up front: the readers of
-    :mod:`fusion.helper.aiohttp` count them as they arrive.
-    """
-
-    @web.middleware
-    async def fusion_body_size(request: web.Request, handler: Handler) -> web.StreamResponse:
-        length = request.content_length
-        if length is not None and length > max_body_size:
-            raise FusionHTTPError(413, f"request body too large: limit is {max_body_size} bytes")
-        return await handler(request)
-
-    return fusion_body_size
 
 
 class FusionServer:
@@ -127,7 +108,7 @@ class FusionServer:
         self._routes.extend(routes)
 
     def add_middleware(self, middleware: Any) -> None:
-        """A middleware of the service, run inside the envelope and body-size ones."""
+        """A middleware of the service, run inside the envelope one."""
         self._middlewares.append(middleware)
 
     def setup_routes(self, app: web.Application) -> None:
@@ -138,11 +119,9 @@ class FusionServer:
         """A new application with the store, the storage and every enabled API."""
         server = self.config.server
         app = web.Application(
-            middlewares=[
-                envelope_middleware(),
-                body_size_middleware(server.max_body_size),
-                *self._middlewares,
-            ],
+            # Request bodies are capped where they are read (read_json,
+            # read_concept, client_max_size), so no size middleware here.
+            middlewares=[envelope_middleware(), *self._middlewares],
             client_max_size=server.max_body_size,
         )
         app[CONFIG] = self.config

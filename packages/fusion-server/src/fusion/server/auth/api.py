@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import math
 from collections.abc import AsyncIterator, Sequence
@@ -43,6 +42,7 @@ _DEFAULT_MAX_BODY = 64 * 1024
 _SOURCE = "source"
 _SESSION_ID = "session_id"
 _FEDERATION = "federation"
+_RECORDED = "recorded"
 
 
 class FusionAuthAPI:
@@ -80,6 +80,9 @@ class FusionAuthAPI:
             identity.properties[_SOURCE] = "key"
         self._can_delete = frozenset(config.can_delete)
         self._cookie_name = config.session.cookie_name
+        self._cookie_prefix = self._cookie_name + "="
+        # The hook costs a coroutine per request: only awaited when overridden.
+        self._has_authorize_impl = type(self).authorize_impl is not FusionAuthAPI.authorize_impl
         # username -> groups already written to storage by this process, so that
         # recording the identities seen is not a storage write per request.
         self._seen: dict[str, frozenset[str]] = {}
@@ -151,7 +154,8 @@ class FusionAuthAPI:
             identity = self._identity_of_key(token)
             if identity is None:
                 raise FusionHTTPError(401, "invalid API key")
-            await self._record_identity(identity)
+            if not identity.properties.get(_RECORDED):
+                await self._record_identity(identity)
         else:
             authorization = request.headers.get("Authorization")
             if authorization is not None and authorization[:7].lower() == "bearer ":
@@ -162,7 +166,7 @@ class FusionAuthAPI:
                     )
                 await self._record_identity(identity)
             else:
-                session_id = request.cookies.get(self._cookie_name)
+                session_id = self._session_cookie(request)
                 if session_id is None:
                     return None
                 identity = await self.sessions.load(session_id)
@@ -173,6 +177,22 @@ class FusionAuthAPI:
         request[_IDENTITY_KEY] = identity
         return identity
 
+    def _session_cookie(self, request: web.BaseRequest) -> str | None:
+        """The session id in the Cookie header (None when absent or malformed).
+
+        Read straight from the header: ``request.cookies`` parses every
+        cookie with http.cookies, several microseconds on each request.
+        Session ids are unquoted URL-safe tokens, so no unquoting is needed.
+        """
+        header = request.headers.get("Cookie")
+        if header is None or self._cookie_prefix not in header:
+            return None
+        for part in header.split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == self._cookie_name and SessionManager.valid_id(value):
+                return value
+        return None
+
     async def authenticate(self, request: web.Request) -> Identity:
         """The caller's Identity; 401 in the envelope when there is none."""
         identity = await self.identify(request)
@@ -182,15 +202,9 @@ class FusionAuthAPI:
 
     def _identity_of_key(self, token: str) -> Identity | None:
         digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
-        identity = self._keys.get(digest)
-        # The dict lookup compares digests, not keys, so timing says nothing
-        # about the key; compare_digest still settles the match in constant time.
-        if identity is None:
-            return None
-        for known in self._keys:
-            if hmac.compare_digest(known, digest):
-                return identity
-        return None  # pragma: no cover - the lookup above already matched
+        # Only digests are compared (by the dict lookup): how long a wrong
+        # guess takes tells nothing about the key itself.
+        return self._keys.get(digest)
 
     async def _identity_of_bearer(self, token: str) -> Identity | None:
         if self.backend is None or not token:
@@ -205,6 +219,9 @@ class FusionAuthAPI:
         return identity
 
     async def _record_identity(self, identity: Identity) -> None:
+        properties = identity.properties
+        if properties.get(_RECORDED):
+            return  # an API key's shared Identity, already written
         groups = frozenset(identity.groups)
         if self._seen.get(identity.username) == groups:
             return
@@ -212,6 +229,8 @@ class FusionAuthAPI:
             Identity(username=identity.username, groups=set(identity.groups))
         )
         self._seen[identity.username] = groups
+        if properties.get(_SOURCE) == "key":
+            properties[_RECORDED] = True
 
     # -- decisions ------------------------------------------------------------
     @staticmethod
@@ -234,20 +253,33 @@ class FusionAuthAPI:
         return True
 
     async def authorize(
-        self, request: web.Request, action: Action, case: Case | None = None
+        self,
+        request: web.Request,
+        action: Action,
+        case: Case | None = None,
+        *,
+        identity: Identity | None = None,
     ) -> Identity:
-        """Authenticate, then check ``action`` (on ``case``) for the caller.
+        """Authenticate (unless ``identity`` is the caller's, already known), then
+        check ``action`` (on ``case``) for the caller.
 
         401 without credentials; 403 when refused. Every decision is audited.
         """
-        identity = await self.authenticate(request)
-        reason = await self._refusal(identity, action, case)
+        if identity is None:
+            identity = await self.authenticate(request)
+        reason = self._refusal(identity, action, case)
+        if (
+            reason is None
+            and self._has_authorize_impl
+            and not await self.authorize_impl(identity, action, case)
+        ):
+            reason = "not authorized"
         self.audit(request, identity, action, case, granted=reason is None, reason=reason)
         if reason is not None:
             raise FusionHTTPError(403, reason)
         return identity
 
-    async def _refusal(self, identity: Identity, action: Action, case: Case | None) -> str | None:
+    def _refusal(self, identity: Identity, action: Action, case: Case | None) -> str | None:
         federation = self.is_federation(identity)
         if action.federation and not federation:
             return "only the federation key may do this"
@@ -259,8 +291,6 @@ class FusionAuthAPI:
                 return "read-only access to this case"
         if action.delete and not self.can_delete(identity):
             return "delete right required"
-        if not await self.authorize_impl(identity, action, case):
-            return "not authorized"
         return None
 
     def audit(
@@ -367,9 +397,7 @@ class FusionAuthAPI:
         if username is not None and self.config.throttle.enabled:
             await self.store.delete(self._throttle_keys(username, ip)[1])
         # Always a fresh id: a session id planted before login is worthless.
-        session_id = await self.sessions.create(
-            identity, replaces=request.cookies.get(self._cookie_name)
-        )
+        session_id = await self.sessions.create(identity, replaces=self._session_cookie(request))
         await self._record_identity(identity)
         self.audit(request, identity, "login", granted=True)
         response = json_response(identity)
