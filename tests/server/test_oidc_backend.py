@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -478,3 +479,47 @@ async def test_client_secrets_with_reserved_characters(method: str) -> None:
     finally:
         await backend.shutdown()
         await provider.stop()
+
+
+async def test_stale_keys_keep_working_and_failures_are_not_retried_per_request(
+    oidc_issuer: OIDCIssuer, backend_of: BackendFactory
+) -> None:
+    backend = await backend_of(
+        jwks_cache_ttl=0.1, jwks_min_refetch_interval=30, bearer_cache_ttl=0, timeout=0.3
+    )
+    token = oidc_issuer.mint(oidc_issuer.claims("alice"))
+    assert await backend.authenticate_bearer(token) is not None
+    await oidc_issuer.stop()
+    # The provider's port now accepts connections and never answers: every
+    # refresh attempt costs the whole timeout.
+    with socket.socket() as silent:
+        silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        silent.bind(("127.0.0.1", oidc_issuer.port))
+        silent.listen(64)
+        await asyncio.sleep(0.15)
+        started = time.monotonic()
+        results = await asyncio.gather(*(backend.authenticate_bearer(token) for _ in range(20)))
+        assert all(identity_of(result) == ("alice", set()) for result in results)
+        # One timed-out refresh, not twenty.
+        assert time.monotonic() - started < 1.5
+
+
+async def test_an_oversized_provider_answer_is_unavailable(
+    oidc_issuer: OIDCIssuer, aiohttp_server: Any
+) -> None:
+    from aiohttp import web
+
+    async def huge(request: web.Request) -> web.Response:
+        return web.Response(body=b"{" + b" " * (2 << 20) + b"}", content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/.well-known/openid-configuration", huge)
+    server = await aiohttp_server(app)
+    backend = oidc_config(
+        oidc_issuer, discovery_url=str(server.make_url("/.well-known/openid-configuration"))
+    ).build()
+    try:
+        with pytest.raises(BackendUnavailableError, match="larger than"):
+            await backend.login({"code": "c"})
+    finally:
+        await backend.shutdown()

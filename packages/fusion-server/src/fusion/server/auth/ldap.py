@@ -179,10 +179,6 @@ class LDAPBackend(FusionAuthBackend):
             get_info=ldap3.NONE,
         )
 
-    def login_username(self, data: dict[str, Any]) -> str | None:
-        username = data.get("username")
-        return username if isinstance(username, str) else None
-
     async def login(self, data: dict[str, Any]) -> Identity | None:
         username = data.get("username")
         password = data.get("password")

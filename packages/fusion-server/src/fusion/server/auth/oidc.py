@@ -34,6 +34,7 @@ ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
 _KEY_TYPE_OF = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+_MAX_PROVIDER_BODY = 1 << 20
 _CURVE_OF = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 
 
@@ -162,6 +163,7 @@ class OIDCBackend(FusionAuthBackend):
         self._keys_fetched_at = -float("inf")
         self._last_refetch = -float("inf")
         self._lock = asyncio.Lock()
+        self._last_failure: tuple[float, BackendUnavailableError] | None = None
         # sha256(token) -> (identity, monotonic deadline)
         self._bearer_cache: OrderedDict[bytes, tuple[Identity, float]] = OrderedDict()
 
@@ -291,7 +293,7 @@ class OIDCBackend(FusionAuthBackend):
     async def _get_json(self, url: str, what: str) -> bytes:
         try:
             async with self._client_session().get(url) as response:
-                body = await response.read()
+                body = await _read_bounded(response)
                 if response.status != 200:
                     raise self._unavailable(what, f"HTTP {response.status}")
                 return body
@@ -343,18 +345,31 @@ class OIDCBackend(FusionAuthBackend):
         self._keys_fetched_at = time.monotonic()
 
     async def _ensure_keys(self) -> None:
-        if time.monotonic() - self._keys_fetched_at < self.config.jwks_cache_ttl:
+        config = self.config
+        if time.monotonic() - self._keys_fetched_at < config.jwks_cache_ttl:
             return
+        arrived = time.monotonic()
         async with self._lock:
-            if time.monotonic() - self._keys_fetched_at < self.config.jwks_cache_ttl:
+            if time.monotonic() - self._keys_fetched_at < config.jwks_cache_ttl:
                 return
+            failure = self._last_failure
+            if failure is not None and failure[0] >= arrived:
+                # The provider failed while this request queued for the lock:
+                # answer with that failure rather than wait for another timeout.
+                raise failure[1]
             try:
                 await self._fetch_keys()
-            except BackendUnavailableError:
+                self._last_failure = None
+            except BackendUnavailableError as error:
+                self._last_failure = (time.monotonic(), error)
                 if not self._keys:
                     raise
-                # Stale keys still validate tokens while the provider is away.
-                _LOGGER.warning("OIDC JWKS refresh failed, keeping the previous keys")
+                # Stale keys still validate tokens while the provider is away;
+                # retry the refresh after the refetch interval, not per request.
+                self._keys_fetched_at = (
+                    time.monotonic() - config.jwks_cache_ttl + config.jwks_min_refetch_interval
+                )
+                _LOGGER.warning("%s: keeping the previous keys", error)
 
     async def _key_for(self, kid: str | None, alg: str) -> _Key:
         await self._ensure_keys()
@@ -409,7 +424,7 @@ class OIDCBackend(FusionAuthBackend):
                 data=form,
                 headers=headers,
             ) as response:
-                body = await response.read()
+                body = await _read_bounded(response)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as error:
             raise self._unavailable("token", error or type(error).__name__) from None
@@ -481,6 +496,18 @@ class OIDCBackend(FusionAuthBackend):
         if config.allowed_groups and not groups.intersection(config.allowed_groups):
             raise _Refused(f"{username} is in none of the allowed groups")
         return Identity(username=username, groups=groups)
+
+
+async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
+    """The body, refused past _MAX_PROVIDER_BODY: provider documents are small."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > _MAX_PROVIDER_BODY:
+            raise aiohttp.ClientPayloadError(f"answer larger than {_MAX_PROVIDER_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _fits(key: _Key, alg: str) -> bool:
