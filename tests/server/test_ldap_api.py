@@ -33,6 +33,7 @@ auth:
     bind_password: ${{LDAP_BIND_PASSWORD}}
     user_base: ou=people,dc=example,dc=org
     user_filter: (&(objectClass=inetOrgPerson)(uid={{username}}))
+    username_attribute: uid
     group_source: search
     group_base: ou=groups,dc=example,dc=org
     allowed_groups: [analysts, responders]
@@ -170,3 +171,6 @@ async def test_readme_example_decodes_and_logs_in(
     assert body["data"]["groups"] == ["analysts", "operators"]
     # dave is in no allowed group
     assert (await login(session, "dave", "dave-secret"))[0] == 400
+    # The directory's spelling names the identity, whatever the login's case.
+    status, body = await login(session, "Bob", "bob-secret")
+    assert (status, body["data"]["username"]) == (200, "bob")
