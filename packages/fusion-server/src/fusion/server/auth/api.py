@@ -146,34 +146,37 @@ class FusionAuthAPI:
         robot with a wrong key learns it at once; the backend being unreachable
         raises 503.
         """
-        identity: Identity | None = request.get(_IDENTITY_KEY)
-        if identity is not None:
-            return identity
         token = request.headers.get(_API_TOKEN_HEADER)
         if token is not None:
+            # Hashing the key again is cheaper than caching it on the request.
             identity = self._identity_of_key(token)
             if identity is None:
                 raise FusionHTTPError(401, "invalid API key")
             if not identity.properties.get(_RECORDED):
                 await self._record_identity(identity)
+            return identity
+        # Sessions and tokens cost a round trip: resolved once per request.
+        cached: Identity | None = request.get(_IDENTITY_KEY)
+        if cached is not None:
+            return cached
+        authorization = request.headers.get("Authorization")
+        if authorization is not None and authorization[:7].lower() == "bearer ":
+            identity = await self._identity_of_bearer(authorization[7:].strip())
+            if identity is None:
+                raise FusionHTTPError(
+                    401, "invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+                )
+            await self._record_identity(identity)
         else:
-            authorization = request.headers.get("Authorization")
-            if authorization is not None and authorization[:7].lower() == "bearer ":
-                identity = await self._identity_of_bearer(authorization[7:].strip())
-                if identity is None:
-                    raise FusionHTTPError(
-                        401, "invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
-                    )
-                await self._record_identity(identity)
-            else:
-                session_id = self._session_cookie(request)
-                if session_id is None:
-                    return None
-                identity = await self.sessions.load(session_id)
-                if identity is None:
-                    return None
-                identity.properties[_SOURCE] = "session"
-                identity.properties[_SESSION_ID] = session_id
+            session_id = self._session_cookie(request)
+            if session_id is None:
+                return None
+            identity = await self.sessions.load(session_id)
+            if identity is None:
+                return None
+            properties = identity.properties
+            properties[_SOURCE] = "session"
+            properties[_SESSION_ID] = session_id
         request[_IDENTITY_KEY] = identity
         return identity
 
