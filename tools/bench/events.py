@@ -18,13 +18,17 @@ events ``--interval`` seconds apart. Each event carries the server's clock at
 - server memory per subscriber: RSS with N subscribers minus RSS before, / N.
 
 Targets at N = 1000: nothing lost, p99 under 100 ms, Redis connections flat.
-The latency includes the client processes' own parsing on the same machine.
+The subscribers are bare asyncio protocols (no HTTP client library) so that
+their CPU time, on the same machine, distorts the figures as little as
+possible; whatever else runs on the machine shows up in the latencies.
+FUSION_BENCH_PROFILE=<file> writes a cProfile of the server process.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import re
@@ -111,64 +115,112 @@ def serve(port: int, store_url: str) -> None:
 # ---------------------------------------------------------------------------
 
 
+class _Subscriber(asyncio.Protocol):
+    """One SSE subscriber as a bare protocol: no task, no HTTP client machinery.
+
+    The clients share the machine with the server; a full HTTP client and SSE
+    parser per connection would spend enough CPU to show up as delivery
+    latency. This one sends the request, then splits what arrives into frames
+    and reads the two numbers it needs with a regex (chunk-size lines between
+    frames do not matter to that).
+    """
+
+    def __init__(self, request: bytes, stats: _Stats) -> None:
+        self.request = request
+        self.stats = stats
+        self.buffer = b""
+        self.seen = 0
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.status_checked = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        self.buffer += data
+        if not self.status_checked:
+            if b"\r\n" not in self.buffer:
+                return
+            self.status_checked = True
+            if not self.buffer.startswith(b"HTTP/1.1 200"):
+                self._finish(RuntimeError(self.buffer.split(b"\r\n", 1)[0].decode()))
+                return
+        *frames, self.buffer = self.buffer.split(b"\n\n")
+        stats = self.stats
+        for frame in frames:
+            if b'"category":"subscribers"' in frame:
+                stats.subscribed()
+                continue
+            match = _BENCH_EVENT.search(frame)
+            if match is not None:
+                stats.latencies.append(now - float(match.group(1)))
+                self.seen += 1
+        if self.seen >= stats.expected:
+            self._finish(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish(exc or (None if self.seen >= self.stats.expected else EOFError("closed")))
+
+    def _finish(self, exc: BaseException | None) -> None:
+        if not self.done.done():
+            if exc is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(exc)
+
+
+def _same(subscriber: _Subscriber) -> _Subscriber:
+    return subscriber
+
+
+class _Stats:
+    def __init__(self, count: int, expected: int) -> None:
+        self.count = count
+        self.expected = expected
+        self.latencies: list[float] = []
+        self.ready = 0
+        self.all_ready = asyncio.Event()
+
+    def subscribed(self) -> None:
+        self.ready += 1
+        if self.ready == self.count:
+            self.all_ready.set()
+
+
 async def _subscribe_many(
     port: int, count: int, usernames: list[str], expected: int, seconds: float
 ) -> dict[str, Any]:
-    import aiohttp
-
-    latencies: list[float] = []
-    received = 0
-    ready = 0
-    all_ready = asyncio.Event()
-    url = f"http://127.0.0.1:{port}/api/events/case/{CASE_GUID}"
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
-
-    async def one(session: aiohttp.ClientSession, index: int) -> None:
-        # A lean parser (split frames, regex the two numbers) rather than a full
-        # SSE parser plus JSON: the clients share the machine with the server,
-        # and their own CPU time would otherwise show up as delivery latency.
-        nonlocal received, ready
-        headers = {"X-User": usernames[index % len(usernames)]}
-        async with session.get(url, headers=headers) as response:
-            response.raise_for_status()
-            seen = 0
-            buffer = b""
-            async for chunk in response.content.iter_any():
-                now = time.time()
-                buffer += chunk
-                *frames, buffer = buffer.split(b"\n\n")
-                for frame in frames:
-                    if b'"category":"subscribers"' in frame:
-                        ready += 1
-                        if ready == count:
-                            all_ready.set()
-                        continue
-                    match = _BENCH_EVENT.search(frame)
-                    if match is None:
-                        continue
-                    latencies.append(now - float(match.group(1)))
-                    received += 1
-                    seen += 1
-                if seen >= expected:
-                    return
-
     loop = asyncio.get_running_loop()
+    stats = _Stats(count, expected)
+    subscribers: list[_Subscriber] = []
+    for index in range(count):
+        request = (
+            f"GET /api/events/case/{CASE_GUID} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"X-User: {usernames[index % len(usernames)]}\r\nAccept: text/event-stream\r\n\r\n"
+        ).encode()
+        subscriber = _Subscriber(request, stats)
+        await loop.create_connection(functools.partial(_same, subscriber), "127.0.0.1", port)
+        subscribers.append(subscriber)
+    await stats.all_ready.wait()
+    print("ready", flush=True)
+    # Measured from the orchestrator's "go", sent once every worker is ready.
     go = asyncio.Event()
     loop.add_reader(sys.stdin.fileno(), go.set)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        tasks = [asyncio.create_task(one(session, index)) for index in range(count)]
-        await all_ready.wait()
-        print("ready", flush=True)
-        # Measured from the orchestrator's "go", sent once every worker is ready.
-        await go.wait()
-        loop.remove_reader(sys.stdin.fileno())
-        done, pending = await asyncio.wait(tasks, timeout=seconds)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        errors = [repr(task.exception()) for task in done if task.exception() is not None]
-    return {"latencies": latencies, "received": received, "errors": errors[:3]}
+    await go.wait()
+    loop.remove_reader(sys.stdin.fileno())
+    done, _pending = await asyncio.wait(
+        [subscriber.done for subscriber in subscribers], timeout=seconds
+    )
+    errors = [repr(future.exception()) for future in done if future.exception() is not None]
+    for subscriber in subscribers:
+        if subscriber.transport is not None:
+            subscriber.transport.close()
+    received = sum(subscriber.seen for subscriber in subscribers)
+    return {"latencies": stats.latencies, "received": received, "errors": errors[:3]}
 
 
 def worker(port: int, count: int, usernames: list[str], expected: int, seconds: float) -> None:
