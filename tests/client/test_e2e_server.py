@@ -58,8 +58,8 @@ def configured_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
         yield process
 
 
-def _config(server: ServerProcess, **kwargs: str) -> FusionClientConfig:
-    return FusionClientConfig(api_url=server.url, **kwargs)
+def _config(server: ServerProcess, api_key: str | None = None) -> FusionClientConfig:
+    return FusionClientConfig(api_url=server.url, api_key=api_key)
 
 
 async def test_info_and_auth_config(embedded_server: ServerProcess) -> None:
