@@ -166,12 +166,18 @@ class _ProgressBar:
         self.started = time.monotonic()
         self.last_draw = 0.0
         self.received = 0
+        self.total: int | None = None
 
     def __call__(self, received: int, total: int | None) -> None:
         self.received = received
+        self.total = total
         now = time.monotonic()
         if now - self.last_draw < 0.1 and received != total:
             return
+        self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        received, total = self.received, self.total
         self.last_draw = now
         rate = received / max(now - self.started, 1e-6)
         if total:
@@ -186,7 +192,10 @@ class _ProgressBar:
         self.out.flush()
 
     def done(self, path: Path) -> None:
-        elapsed = max(time.monotonic() - self.started, 1e-6)
+        now = time.monotonic()
+        if self.received != self.total:
+            self._draw(now)  # the last chunks of a download of unknown size
+        elapsed = max(now - self.started, 1e-6)
         self.out.write(
             f"\n{path}: {_size(self.received)} in {elapsed:.1f} s"
             f" ({_size(self.received / elapsed)}/s)\n"
