@@ -7,10 +7,14 @@ several users, a robot API key and the federation key.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from fusion_testing.fixtures_server import (
     FEDERATION_KEY,
@@ -20,6 +24,7 @@ from fusion_testing.fixtures_server import (
     server_config_dict,
     write_config,
 )
+from fusion_testing.services import free_port
 
 from fusion.client import (
     FusionAPIError,
@@ -205,3 +210,63 @@ async def test_cookie_jar_file_survives_a_new_client(
         assert identity.username == "admin"
         await FusionAuthAPIClient(client).logout()
     assert not (tmp_path / "jar").exists()
+
+
+async def _cli(*args: str, home: Path, stdin: str = "") -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fusion.client", *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "XDG_CONFIG_HOME": str(home), "FUSION_URL": ""},
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(stdin.encode()), 60)
+    assert process.returncode is not None
+    assert "Traceback" not in err.decode()
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_cli_session_against_the_server(
+    configured_server: ServerProcess, tmp_path: Path
+) -> None:
+    url = configured_server.url
+    password = TEST_USERS["carol"][0]
+    code, out, err = await _cli(
+        "--url", url, "login", "--username", "carol", "--password-stdin",
+        home=tmp_path, stdin=password + "\n",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "logged in as carol (admins)" in out
+    code, out, err = await _cli(
+        "--url", url, "--json", "cases", "create", "--name", "from the cli", "--acs", "admins",
+        home=tmp_path,
+    )  # fmt: skip
+    assert code == 0, err
+    guid = msgspec.json.decode(out)["guid"]
+    code, out, err = await _cli("--url", url, "cases", "list", home=tmp_path)
+    assert code == 0, err
+    assert guid in out
+    assert "from the cli" in out
+    code, out, err = await _cli("--url", url, "cases", "delete", guid, home=tmp_path)
+    assert code == 0, err
+    code, out, err = await _cli("--url", url, "logout", home=tmp_path)
+    assert code == 0, err
+    code, out, err = await _cli("--url", url, "cases", "list", home=tmp_path)
+    assert code == 4
+    assert err.startswith("fusion-client: error: not logged in")
+
+
+async def test_cli_wrong_password_and_server_down(
+    configured_server: ServerProcess, tmp_path: Path
+) -> None:
+    code, _, err = await _cli(
+        "--url", configured_server.url, "login", "-u", "mallory", "--password-stdin",
+        home=tmp_path, stdin="wrong\n",
+    )  # fmt: skip
+    assert code == 4
+    assert err.startswith("fusion-client: error: login refused")
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = await _cli("--url", f"http://127.0.0.1:{free_port()}", "info", home=tmp_path)
+    assert code == 3
+    assert "cannot connect" in err
+    assert len(err.strip().splitlines()) == 1
