@@ -262,3 +262,26 @@ async def test_cookie_jar_file_keeps_the_session(
     async with FusionClient(other) as client:
         assert await FusionAuthAPIClient(client).is_logged() is None
     assert "FUSION_SESSION" not in protocol_server.state.requests[-1].cookies
+
+
+async def test_requests_go_through_the_configured_proxy(protocol_server: RunningServer) -> None:
+    # The loopback server plays the proxy: an unresolvable service host proves the
+    # request went to the proxy, with its credentials and headers.
+    config = FusionClientConfig.from_dict(
+        {
+            "api_url": "http://fusion.invalid:9",
+            "proxy": {
+                "url": protocol_server.url,
+                "username": "proxy-user",
+                "password": "proxy-pass",
+                "headers": {"X-Proxy-Tenant": "dfir"},
+            },
+        }
+    )
+    async with FusionClient(config) as client:
+        info = await FusionInfoAPIClient(client).info()
+    assert info.api == "fusion-test"
+    request = protocol_server.state.requests[-1]
+    assert request.headers["Proxy-Authorization"] == "Basic cHJveHktdXNlcjpwcm94eS1wYXNz"
+    assert request.headers["X-Proxy-Tenant"] == "dfir"
+    assert request.headers["Host"] == "fusion.invalid:9"

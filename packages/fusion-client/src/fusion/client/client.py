@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json as _stdlib_json
 import logging
 import os
@@ -110,14 +111,15 @@ class FusionClient:
         self._cookie_jar: aiohttp.CookieJar | None = None
         proxy = config.proxy
         self._proxy_kwargs: dict[str, Any] = {}
+        self._proxy_headers: dict[str, str] = {}
         if proxy is not None:
             self._proxy_kwargs["proxy"] = proxy.url
+            headers = dict(proxy.headers)
             if proxy.username is not None:
-                self._proxy_kwargs["proxy_auth"] = aiohttp.BasicAuth(
-                    proxy.username, proxy.password or ""
-                )
-            if proxy.headers:
-                self._proxy_kwargs["proxy_headers"] = proxy.headers
+                # A header rather than aiohttp's proxy_auth, which newer aiohttp deprecates.
+                credentials = f"{proxy.username}:{proxy.password or ''}".encode()
+                headers["Proxy-Authorization"] = "Basic " + base64.b64encode(credentials).decode()
+            self._proxy_headers = headers
 
     # -- lifecycle --------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -223,13 +225,23 @@ class FusionClient:
         """Absolute URL of an API path (``/api/...``) under the base URL."""
         return self.base_url.join(URL(path.lstrip("/")))
 
-    def _headers(self, extra: Mapping[str, str] | None, with_api_key: bool) -> dict[str, str]:
+    def _request_kwargs(
+        self, url: URL, extra: Mapping[str, str] | None, with_api_key: bool
+    ) -> dict[str, Any]:
         headers: dict[str, str] = {}
         if with_api_key and self.config.api_key:
             headers[API_TOKEN_HEADER] = self.config.api_key
         if extra:
             headers.update(extra)
-        return headers
+        kwargs: dict[str, Any] = {"headers": headers, "ssl": self._ssl, **self._proxy_kwargs}
+        if self._proxy_headers:
+            # https goes through a CONNECT tunnel: proxy headers belong on the CONNECT,
+            # never inside the tunnel. Plain http talks to the proxy itself.
+            if url.scheme == "https":
+                kwargs["proxy_headers"] = self._proxy_headers
+            else:
+                headers.update(self._proxy_headers)
+        return kwargs
 
     @asynccontextmanager
     async def stream(
@@ -254,12 +266,10 @@ class FusionClient:
             async with self.session.request(
                 method,
                 target,
-                headers=self._headers(headers, with_api_key),
-                ssl=self._ssl,
                 timeout=aiohttp.ClientTimeout(
                     total=None, connect=timeout.connect, sock_read=read or None
                 ),
-                **self._proxy_kwargs,
+                **self._request_kwargs(target, headers, with_api_key),
             ) as response:
                 if response.status >= 400:
                     body = await response.read()
@@ -312,20 +322,17 @@ class FusionClient:
         ``json`` (a Concept, a dict, ...) is sent as the JSON body.
         """
         url = self.url(path)
-        request_headers = self._headers(headers, with_api_key=True)
         body: bytes | None = None
         if json is not None:
             body = _ENCODER.encode(json)
-            request_headers["Content-Type"] = "application/json"
+            headers = {**(headers or {}), "Content-Type": "application/json"}
         try:
             async with self.session.request(
                 method,
                 url,
                 data=body,
                 params=params,
-                headers=request_headers,
-                ssl=self._ssl,
-                **self._proxy_kwargs,
+                **self._request_kwargs(url, headers, with_api_key=True),
             ) as response:
                 raw = await response.read()
                 status = response.status
