@@ -195,7 +195,9 @@ def _request(
 
 
 class FusionServerProcess:
-    def __init__(self, workdir: Path, store_url: str, log_level: str) -> None:
+    def __init__(
+        self, workdir: Path, store_url: str, log_level: str, profile: Path | None = None
+    ) -> None:
         from fusion_testing.fixtures_server import write_config
 
         from fusion.server.auth.basic import hash_password
@@ -225,8 +227,12 @@ class FusionServerProcess:
         }
         path = write_config(workdir / "server.yml", config)
         self.log = (workdir / "server.log").open("wb")
+        python = [sys.executable]
+        if profile is not None:
+            # Written when the server exits cleanly (SIGTERM is a graceful exit).
+            python += ["-m", "cProfile", "-o", str(profile)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fusion.server", "serve", "--config", str(path)],
+            [*python, "-m", "fusion.server", "serve", "--config", str(path)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "FUSION_LOG_LEVEL": log_level},
@@ -316,6 +322,30 @@ def _measure_store(
         server.stop()
 
 
+def _profile_store(
+    store: str, store_url: str, load: Load, log_level: str, workdir: Path, lines: int
+) -> None:
+    """One load run per path with the server under cProfile; prints where its time goes."""
+    import pstats
+
+    for name in ("key", "session"):
+        output = workdir / f"{store}-{name}.prof"
+        server = FusionServerProcess(
+            workdir / f"profile-{store}-{name}", store_url, log_level, output
+        )
+        try:
+            guid = server.create_case()
+            headers = (
+                {"X-Fusion-API-Token": API_KEY} if name == "key" else {"Cookie": server.login()}
+            )
+            rate = load.run(f"{server.url}/api/case/{guid}", headers)
+        finally:
+            server.stop()
+        print(f"\n--- {store} {name} path under cProfile ({rate:.0f} req/s, profiler included)")
+        stats = pstats.Stats(str(output))
+        stats.sort_stats("tottime").print_stats(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per load run")
@@ -324,6 +354,14 @@ def main() -> int:
     parser.add_argument("--stores", default="memory,redis")
     parser.add_argument(
         "--log-level", default="INFO", help="FUSION_LOG_LEVEL of the server (INFO: its default)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="LINES",
+        help="after measuring, run each path once more with the server under cProfile "
+        "and print its LINES most costly functions",
     )
     args = parser.parse_args()
 
@@ -350,6 +388,8 @@ def main() -> int:
                     bare_port,
                     workdir / "body.json",
                 )
+                if args.profile:
+                    _profile_store(store, "memory://", load, args.log_level, workdir, args.profile)
             elif store == "redis":
                 from fusion_testing.redis import RedisServer
 
@@ -364,6 +404,10 @@ def main() -> int:
                         bare_port,
                         workdir / "body.json",
                     )
+                    if args.profile:
+                        _profile_store(
+                            store, redis.url, load, args.log_level, workdir, args.profile
+                        )
             else:
                 parser.error(f"unknown store {store!r}: memory or redis")
 
