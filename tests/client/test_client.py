@@ -285,3 +285,15 @@ async def test_requests_go_through_the_configured_proxy(protocol_server: Running
     assert request.headers["Proxy-Authorization"] == "Basic cHJveHktdXNlcjpwcm94eS1wYXNz"
     assert request.headers["X-Proxy-Tenant"] == "dfir"
     assert request.headers["Host"] == "fusion.invalid:9"
+
+
+async def test_close_then_reopen_keeps_the_session(protocol_server: RunningServer) -> None:
+    client = FusionClient(FusionClientConfig(api_url=protocol_server.url))
+    async with client:
+        await FusionAuthAPIClient(client).login("admin", protocol_server.password)
+    with pytest.raises(RuntimeError, match="not open"):
+        await FusionInfoAPIClient(client).info()
+    async with client:
+        identity = await FusionAuthAPIClient(client).is_logged()
+    assert identity is not None
+    assert identity.username == "admin"

@@ -138,11 +138,12 @@ class FusionClient:
         """Create the session (and load the cookie jar file, if configured)."""
         if self._session is not None:
             return
-        # Created here, inside the running loop; unsafe=True keeps the cookies of
-        # IP-address hosts (services are often reached by IP).
-        self._cookie_jar = aiohttp.CookieJar(unsafe=True)
-        if self.config.cookie_jar is not None:
-            self._load_cookies(self._cookie_jar, Path(self.config.cookie_jar))
+        if self._cookie_jar is None:
+            # Created here, inside the running loop; unsafe=True keeps the cookies of
+            # IP-address hosts (services are often reached by IP). Kept across reopens.
+            self._cookie_jar = aiohttp.CookieJar(unsafe=True)
+            if self.config.cookie_jar is not None:
+                self._load_cookies(self._cookie_jar, Path(self.config.cookie_jar))
         timeout = self.config.timeout
         self._session = aiohttp.ClientSession(
             headers={"User-Agent": USER_AGENT},
