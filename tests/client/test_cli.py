@@ -105,6 +105,8 @@ async def test_login_keeps_session_then_logout(
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
     assert stat.S_IMODE(saved.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "fusion-client").stat().st_mode) == 0o700
+    whoami = await run_cli("--url", url, "whoami", home=tmp_path)
+    assert (whoami.code, whoami.stdout) == (0, "admin (admins)\n")
 
     created = await run_cli(
         "--url", url, "--json", "cases", "create", "--name", "intrusion", "--acs", "a,b",
