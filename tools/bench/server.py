@@ -198,8 +198,6 @@ class FusionServerProcess:
     def __init__(
         self, workdir: Path, store_url: str, log_level: str, profile: Path | None = None
     ) -> None:
-        from fusion_testing.fixtures_server import write_config
-
         from fusion.server.auth.basic import hash_password
 
         self.port = _free_port()
@@ -225,7 +223,8 @@ class FusionServerProcess:
             "info": {"api": "bench", "version": "1"},
             "case": {},
         }
-        path = write_config(workdir / "server.yml", config)
+        path = workdir / "server.json"
+        path.write_text(json.dumps(config))
         self.log = (workdir / "server.log").open("wb")
         python = [sys.executable]
         if profile is not None:
