@@ -477,6 +477,10 @@ odd_headers = st.lists(
     unique_by=lambda header: header[0],
 )
 
+query_strings = st.sampled_from(["", "?", "?a=1&a=2", "?%ff=%00", "?x=" + "y" * 3000]) | st.text(
+    alphabet="abc=&%;+/?#0123456789", max_size=30
+).map(lambda text: "?" + text.replace("#", "%23"))
+
 # Malformed JSON documents (and valid JSON of the wrong shape).
 malformed_json = st.one_of(
     st.binary(max_size=300),
@@ -697,7 +701,7 @@ def test_odd_headers_at_every_route(target: Target, data: st.DataObject) -> None
     answer = exchange(
         target,
         method,
-        fill(template, target, guid=case),
+        fill(template, target, guid=case) + data.draw(query_strings),
         {200, *ANY_4XX},
         may_change=may_change,
         headers=headers,

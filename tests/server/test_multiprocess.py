@@ -116,6 +116,10 @@ async def test_a_session_made_on_one_works_on_the_other(
         holder = http_sessions(process.url, cookies={COOKIE: session_id})
         status, envelope = await call(holder, "GET", "/api/auth/is_logged")
         assert (status, envelope["data"]) == (200, {"username": "alice", "groups": ["analysts"]})
+    # Identities seen by one are listed by the other (the shared SQLite file).
+    robot = http_sessions(fresh.second.url, headers={"X-Fusion-API-Token": ROBOT_KEY})
+    status, envelope = await call(robot, "GET", "/api/auth/identities")
+    assert {"username": "alice", "groups": ["analysts"]} in envelope["data"]
     # A case created through the session on the second is alice's on the first.
     on_second = http_sessions(fresh.second.url, cookies={COOKIE: session_id})
     status, envelope = await call(on_second, "POST", "/api/case", json={"acs": ["alice"]})
