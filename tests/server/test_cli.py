@@ -181,3 +181,27 @@ def test_signals_stop_the_server_cleanly(tmp_path: Path, signal_name: str) -> No
     assert process.process.wait(timeout=15) == 0
     process.stop()
     assert b"Traceback" not in process.output
+
+
+def test_storage_that_cannot_open_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "fusion.sqlite").mkdir()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fusion.server",
+            "serve",
+            "--data-dir",
+            str(tmp_path),
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "FUSION_ADMIN_PASSWORD": "x" * 12},
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "fusion-server: error: cannot start: OperationalError" in result.stderr

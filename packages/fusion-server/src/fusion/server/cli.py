@@ -155,6 +155,11 @@ def _serve(args: argparse.Namespace) -> int:
         FusionServer(config).run(host=host, port=port)
     except OSError as exc:
         raise CommandError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    except Exception as exc:
+        # A startup failure (storage cannot open its database...): one line
+        # for the operator, the traceback only at debug level.
+        _LOGGER.debug("startup failed", exc_info=True)
+        raise CommandError(f"cannot start: {type(exc).__name__}: {exc}") from None
     return 0
 
 

@@ -271,7 +271,13 @@ class FusionCaseAPI(Generic[CaseT]):
         """``PUT /api/case/{case_guid}/attach/{next_case_guid}``: federation key only."""
         case_guid = _case_guid(request)
         next_case_guid = get_guid(request, "next_case_guid")
-        identity = await self.auth.authorize(request, ATTACH_CASE)
+        action = Action(
+            ATTACH_CASE.name,
+            change=True,
+            federation=True,
+            context={"case_guid": str(case_guid), "next_case_guid": str(next_case_guid)},
+        )
+        identity = await self.auth.authorize(request, action)
         case = await self._existing_case(case_guid)
         try:
             attached = await self.attach_case_impl(identity, case, next_case_guid)
