@@ -306,3 +306,37 @@ def test_download_prepared_on_one_fetched_from_the_other() -> None:
         "for service handlers); tests/server/test_event_replicas.py prepares on one replica "
         "and fetches from the other with an app of its own"
     )
+
+
+async def test_concurrent_writes_from_both_replicas(
+    fresh: Replicas, http_sessions: HTTPSessionFactory
+) -> None:
+    """Both processes write the one SQLite file at once: every write lands, none is a 500."""
+    robots = [
+        http_sessions(process.url, headers={"X-Fusion-API-Token": ROBOT_KEY})
+        for process in fresh.both
+    ]
+    _, envelope = await call(robots[0], "POST", "/api/case", json={"name": "contended"})
+    guid = envelope["data"]["guid"]
+    creates = [
+        call(robots[index % 2], "POST", "/api/case", json={"name": f"new {index}"})
+        for index in range(40)
+    ]
+    updates = [
+        call(robots[index % 2], "PUT", f"/api/case/{guid}", json={"description": f"{index}"})
+        for index in range(40)
+    ]
+    answers = await asyncio.gather(*creates, *updates)
+    assert sorted({status for status, _ in answers}) == [200], [
+        envelope for status, envelope in answers if status != 200
+    ]
+    for robot in robots:
+        _, envelope = await call(robot, "GET", "/api/cases")
+        # The data dir is the module's: earlier tests' cases are there too.
+        expected = {"contended", *(f"new {index}" for index in range(40))}
+        names = sorted(case["name"] for case in envelope["data"] if case["name"] in expected)
+        assert names == sorted(expected)
+        # The last write won everywhere, and it is one of the writes made.
+        descriptions = {case["description"] for case in envelope["data"] if case["guid"] == guid}
+        assert len(descriptions) == 1
+        assert descriptions <= {str(index) for index in range(40)}
