@@ -69,8 +69,13 @@ def replicas(
         },
     )
     path = write_config(data_dir / "server.yml", config)
-    first = ServerProcess(["--config", str(path)], cwd=data_dir)
-    second = ServerProcess(["--config", str(path)], cwd=data_dir)
+    # Logs to files: ServerProcess reads its pipe only at stop(), and a pipe
+    # filled by audit lines (64 KiB, a few hundred requests) blocks the server.
+    logs = [data_dir / "first.log", data_dir / "second.log"]
+    first, second = (
+        ServerProcess(["--config", str(path)], cwd=data_dir, env={"FUSION_LOG_FILE": str(log)})
+        for log in logs
+    )
     try:
         first.start()
         second.start()
@@ -80,6 +85,8 @@ def replicas(
     assert codes == (0, 0), (first.output[-2000:], second.output[-2000:])
     for process in (first, second):
         assert b"Traceback" not in process.output, process.output.decode(errors="replace")
+    for log in logs:
+        assert "Traceback" not in log.read_text(errors="replace"), log.read_text()[-4000:]
 
 
 @pytest.fixture
