@@ -16,11 +16,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import msgspec
@@ -199,6 +200,9 @@ class ServerProcess:
     ``args`` are extra command-line arguments (``["--config", path]``); the
     port is chosen here. :meth:`start` waits until the port accepts
     connections; :meth:`stop` sends SIGTERM and waits for a clean exit.
+    The server's stdout and stderr go to a temporary file (a pipe nobody
+    reads until the end would fill up and block a chatty server); they are
+    in :attr:`output` after :meth:`stop`.
     """
 
     def __init__(
@@ -218,25 +222,38 @@ class ServerProcess:
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
         self.output = b""
+        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def _read_log(self) -> bytes:
+        if self._log is None:
+            return b""
+        self._log.seek(0)
+        data = self._log.read()
+        self._log.close()
+        self._log = None
+        return data
+
     def start(self, timeout: float = 20.0) -> ServerProcess:
+        # Closed in _read_log, when the process has exited.
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115
         self.process = subprocess.Popen(
             self.argv,
             cwd=self.cwd,
             env=self.env,
-            stdout=subprocess.PIPE,
+            stdout=self._log,
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                output = self.process.stdout.read() if self.process.stdout else b""
+                self.output += self._read_log()
                 raise RuntimeError(
-                    f"fusion-server exited with {self.process.returncode}: {output.decode()!r}"
+                    f"fusion-server exited with {self.process.returncode}: "
+                    f"{self.output.decode(errors='replace')!r}"
                 )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
@@ -253,11 +270,11 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
-            out, _ = self.process.communicate(timeout=timeout)
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            out, _ = self.process.communicate()
-        self.output += out or b""
+            self.process.wait()
+        self.output += self._read_log()
         return self.process.returncode
 
     def __enter__(self) -> ServerProcess:
