@@ -52,7 +52,7 @@ def _app(store: SharedStore, config: FusionDownloadConfig) -> web.Application:
 async def _client(
     aiohttp_client: ClientFactory, store: SharedStore, root: Path, **options: object
 ) -> tuple[Client, FusionDownloadAPI]:
-    config = FusionDownloadConfig(roots=[root], **options)  # type: ignore[arg-type]
+    config = FusionDownloadConfig(roots=[str(root)], **options)  # type: ignore[arg-type]
     client = await aiohttp_client(_app(store, config))
     return client, client.app[DOWNLOADS]
 
@@ -245,7 +245,7 @@ async def test_any_replica_serves_the_fetch(
 ) -> None:
     first_store, second_store = create_store(redis_url), create_store(redis_url)
     try:
-        config = FusionDownloadConfig(roots=[root])
+        config = FusionDownloadConfig(roots=[str(root)])
         first = await aiohttp_client(_app(first_store, config))
         second = await aiohttp_client(_app(second_store, config))
         (root / "f").write_bytes(b"shared")
@@ -296,7 +296,7 @@ async def test_client_disconnect_mid_download_is_harmless(
 async def test_prepare_errors_are_envelope_answers(
     aiohttp_client: ClientFactory, store: SharedStore, root: Path
 ) -> None:
-    config = FusionDownloadConfig(roots=[root], max_pending=1)
+    config = FusionDownloadConfig(roots=[str(root)], max_pending=1)
     app = _app(store, config)
 
     async def prepare(request: web.Request) -> web.Response:

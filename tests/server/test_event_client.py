@@ -50,7 +50,7 @@ async def running(
     # A queue of 2: a burst of events drops the subscriber, which must resume.
     config = FusionEventConfig(source="svc", queue_size=2, keepalive=1.0)
     FusionEventAPI(config, authorize=_authorize).setup(app)
-    FusionDownloadAPI(FusionDownloadConfig(roots=[tmp_path])).setup(app)
+    FusionDownloadAPI(FusionDownloadConfig(roots=[str(tmp_path)])).setup(app)
     return await fusion_server(app)
 
 

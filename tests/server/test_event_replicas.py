@@ -53,7 +53,7 @@ def build_app(store_url: str, root: Path) -> web.Application:
     FusionEventAPI(FusionEventConfig(source="replica", keepalive=1.0), authorize=_authorize).setup(
         app
     )
-    FusionDownloadAPI(FusionDownloadConfig(roots=[root])).setup(app)
+    FusionDownloadAPI(FusionDownloadConfig(roots=[str(root)])).setup(app)
 
     async def notify(request: web.Request) -> web.Response:
         await request.app[EVENTS].notify("ping", CASE, {"from": request.query.get("from")})

@@ -20,17 +20,21 @@ from aiohttp import HttpVersion11, web
 
 from fusion.concept import Case, Constant
 from fusion.helper.aiohttp import envelope_middleware, error_response
+from fusion.helper.pubsub import FusionPubSub
 from fusion.helper.store import SharedStore, StoreUnavailableError, create_store
-from fusion.server.appkeys import CONFIG, STORAGE, STORE
+from fusion.server.appkeys import CONFIG, PUBSUB, STORAGE, STORE
 from fusion.server.auth.api import FusionAuthAPI
 from fusion.server.auth.backend import FusionAuthBackend
 from fusion.server.auth.config import FusionAuthAPIConfig
 from fusion.server.case.api import FusionCaseAPI
 from fusion.server.config import FusionServerConfig
 from fusion.server.constant.api import FusionConstantAPI
+from fusion.server.download.api import FusionDownloadAPI
+from fusion.server.event.api import FusionEventAPI
 from fusion.server.info.api import FusionInfoAPI
 from fusion.server.storage import FusionStorage
 from fusion.server.storage.sqlite import SQLiteStorage
+from fusion.server.synchronizer.sync import FusionSynchronizer
 
 __all__ = ["FusionServer", "expect_handler"]
 
@@ -91,6 +95,9 @@ class FusionServer:
         self.case_api: FusionCaseAPI[Any] | None = None
         self.info_api: FusionInfoAPI | None = None
         self.constant_api: FusionConstantAPI[Any] | None = None
+        self.event_api: FusionEventAPI | None = None
+        self.download_api: FusionDownloadAPI | None = None
+        self.pubsub: FusionPubSub | None = None
         self._routes: list[web.AbstractRouteDef] = []
         self._middlewares: list[Any] = []
 
@@ -127,6 +134,23 @@ class FusionServer:
             return None
         return FusionConstantAPI(self.config.constant, self.constant_type)
 
+    def create_event_api(self) -> FusionEventAPI | None:
+        return None if self.config.event is None else FusionEventAPI(self.config.event)
+
+    def create_download_api(self) -> FusionDownloadAPI | None:
+        if self.config.download is None:
+            return None
+        return FusionDownloadAPI(self.config.download)
+
+    def create_synchronizer(self) -> FusionSynchronizer | None:
+        """The service's synchronizer, run while the app runs (none by default).
+
+        Override: ``return FusionSynchronizer(self.config.synchronizer or
+        FusionSynchronizerConfig(), self.storage, self.store, sync_case=job,
+        pubsub=self.pubsub)``.
+        """
+        return None
+
     # -- service additions ----------------------------------------------------------
     def add_routes(self, routes: Iterable[web.AbstractRouteDef]) -> None:
         """Routes of the service, added after the framework's when the app is built."""
@@ -156,6 +180,8 @@ class FusionServer:
             self.storage = self.create_storage()
         app[STORE] = self.store
         app[STORAGE] = self.storage
+        # One upstream subscription per process, shared by events and synchronizer.
+        self.pubsub = app[PUBSUB] = FusionPubSub(self.store)
         app.cleanup_ctx.append(self._lifecycle)
         self.auth_api = self.create_auth_api()
         self.auth_api.setup(app)
@@ -168,6 +194,15 @@ class FusionServer:
         self.case_api = self.create_case_api()
         if self.case_api is not None:
             self.case_api.setup(app)
+        self.event_api = self.create_event_api()
+        if self.event_api is not None:
+            self.event_api.setup(app)
+        self.download_api = self.create_download_api()
+        if self.download_api is not None:
+            self.download_api.setup(app)
+        synchronizer = self.create_synchronizer()
+        if synchronizer is not None:
+            app.cleanup_ctx.append(synchronizer.cleanup_ctx)
         self.setup_routes(app)
         app.router.add_routes(self._routes)
         app.on_startup.append(self._on_startup)
@@ -189,6 +224,7 @@ class FusionServer:
             yield
         finally:
             try:
+                await app[PUBSUB].close()
                 await storage.shutdown()
             finally:
                 await store.close()

@@ -76,8 +76,8 @@ def embedded_config(data_dir: Path) -> FusionServerConfig:
     """The configuration of ``fusion-server serve`` without ``--config``.
 
     memory:// store, SQLite in ``data_dir``, basic auth with one ``admin``
-    (group ``admins``, who may delete), info, constant (``data_dir/constant.yml``)
-    and case APIs.
+    (group ``admins``, who may delete), info, constant (``data_dir/constant.yml``),
+    case, event and download APIs.
     """
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +104,9 @@ def embedded_config(data_dir: Path) -> FusionServerConfig:
         "info": {"api": "fusion", "version": __version__},
         "constant": {"path": str(data_dir / "constant.yml")},
         "case": {},
+        # Case webhooks stay refused (no allowed prefix) until a config file allows some.
+        "event": {"source": "fusion"},
+        "download": {"roots": [str(data_dir)]},
     }
     return decode_config(data, FusionServerConfig, source="embedded defaults")
 

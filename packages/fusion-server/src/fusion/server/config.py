@@ -20,7 +20,10 @@ from fusion.helper.config import ConfigError, resolve_env_refs
 from fusion.server.auth.config import FusionAuthAPIConfig
 from fusion.server.case.config import FusionCaseAPIConfig
 from fusion.server.constant.config import FusionConstantAPIConfig
+from fusion.server.download.config import FusionDownloadConfig
+from fusion.server.event.config import FusionEventConfig
 from fusion.server.info.config import FusionInfoAPIConfig
+from fusion.server.synchronizer.config import FusionSynchronizerConfig
 
 __all__ = [
     "ConfigError",
@@ -101,6 +104,10 @@ class FusionServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
     info: FusionInfoAPIConfig | None = None
     constant: FusionConstantAPIConfig | None = None
     case: FusionCaseAPIConfig | None = None
+    event: FusionEventConfig | None = None
+    download: FusionDownloadConfig | None = None
+    # Read by the service's synchronizer (see FusionServer.create_synchronizer).
+    synchronizer: FusionSynchronizerConfig | None = None
 
 
 _PATH_RE = re.compile(r"\s*-\s*at\s*`\$([^`]*)`")

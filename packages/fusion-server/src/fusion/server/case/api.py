@@ -16,6 +16,7 @@ from fusion.server.appkeys import AUTH, CONSTANT, EVENTS, STORAGE, CaseEventSink
 from fusion.server.auth.access import Action
 from fusion.server.auth.api import FusionAuthAPI
 from fusion.server.case.config import FusionCaseAPIConfig
+from fusion.server.event.api import FusionEventAPI, WebhookNotAllowedError
 from fusion.server.storage import CaseExistsError, CaseNotFoundError, FusionStorage
 
 __all__ = [
@@ -169,6 +170,13 @@ class FusionCaseAPI(Generic[CaseT]):
             reason = self.check_webhook_url(url)
             if reason is not None:
                 raise FusionHTTPError(400, reason)
+        # Whoever may edit a case must not make the server call arbitrary
+        # (internal) addresses: only URLs under the event API's prefixes.
+        if case.webhooks and isinstance(self._events, FusionEventAPI):
+            try:
+                self._events.check_webhooks(case.webhooks)
+            except WebhookNotAllowedError as exc:
+                raise FusionHTTPError(400, str(exc)) from None
         if case.acs or case.acs_ro or self.auth.is_federation(identity) or self._app is None:
             return
         constant_api = self._app.get(CONSTANT)

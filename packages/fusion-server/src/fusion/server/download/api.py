@@ -85,7 +85,7 @@ class FusionDownloadAPI:
     def __init__(self, config: FusionDownloadConfig, store: SharedStore | None = None) -> None:
         self.config = config
         self._store = store
-        self._roots = [root.resolve() for root in config.roots]
+        self._roots = [Path(root).resolve() for root in config.roots]
 
     # -- wiring --------------------------------------------------------------
     def setup(self, app: web.Application) -> None:

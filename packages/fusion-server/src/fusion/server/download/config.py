@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import msgspec
@@ -15,9 +14,10 @@ class FusionDownloadConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
 
     ``roots`` are the only directories whose files can be prepared for
     download: a key can never point outside them, even through a symlink.
+    (Strings, as configuration files hold them; resolved when the API is built.)
     """
 
-    roots: list[Path] = msgspec.field(default_factory=list)
+    roots: list[str] = msgspec.field(default_factory=list)
     ttl: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 60.0
     """Seconds a prepared key stays valid."""
     max_pending: Annotated[int, msgspec.Meta(ge=1)] = 1000
