@@ -302,3 +302,43 @@ async def test_replicas_sharing_a_store_sync_each_case_once(
         if second_store is not first_store:
             await second_store.close()
     assert sorted(guid for _, guid in runs) == sorted(case.guid for case in cases)
+
+
+async def test_builder_runs_the_service_synchronizer(
+    tmp_path: Path, store_url: str, fusion_server: Any, http_sessions: Any
+) -> None:
+    from fusion_testing.fixtures_server import ROBOT_KEY, call, server_config
+
+    from fusion.server.app import FusionServer
+
+    seen: list[str] = []
+
+    class Service(FusionServer):
+        def create_synchronizer(self) -> FusionSynchronizer | None:
+            assert self.storage is not None
+            config = self.config.synchronizer or FusionSynchronizerConfig(interval=3600)
+
+            async def job(case: Case) -> None:
+                seen.append(case.name)
+
+            return FusionSynchronizer(
+                config, self.storage, self.store, sync_case=job, pubsub=self.pubsub
+            )
+
+    config = server_config(
+        tmp_path,
+        shared_store={"url": store_url},
+        event={},
+        synchronizer={"interval": 3600},
+    )
+    running = await fusion_server(Service(config))
+    robot = http_sessions(running.url, headers={"X-Fusion-API-Token": ROBOT_KEY})
+    # The subscription to the events channel starts in the background: retry until heard.
+    for index in range(50):
+        status, _ = await call(robot, "POST", "/api/case", json={"name": f"new {index}"})
+        assert status == 200
+        if seen:
+            break
+        await asyncio.sleep(0.1)
+    assert seen
+    assert seen[0].startswith("new ")
