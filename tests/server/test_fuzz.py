@@ -21,7 +21,6 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -39,10 +38,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fusion.server.app import FusionServer
-from fusion.server.appkeys import EVENTS
-from fusion.server.download.api import DOWNLOADS, FusionDownloadAPI
-from fusion.server.download.config import FusionDownloadConfig
-from fusion.server.event import FusionEventAPI, FusionEventConfig
+from fusion.server.download.api import DOWNLOADS
 
 MAX_BODY = 16 * 1024
 # About 3 ms per example (the request and two enumerations): the module runs in ~15 s.
@@ -57,21 +53,6 @@ FUZZ = settings(
 # --------------------------------------------------------------------------
 # the server, in a thread of its own for the whole module
 # --------------------------------------------------------------------------
-
-
-class FullServer(FusionServer):
-    """The builder plus the event and download APIs: every route of PROTOCOL.md."""
-
-    def __init__(self, *args: Any, download_root: Path, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.download_root = download_root
-
-    def setup_routes(self, app: web.Application) -> None:
-        if EVENTS not in app:
-            FusionEventAPI(FusionEventConfig(source="fuzz", keepalive=1.0)).setup(app)
-        if DOWNLOADS not in app:
-            config = FusionDownloadConfig(roots=[str(self.download_root)], ttl=3600)
-            FusionDownloadAPI(config).setup(app)
 
 
 class ErrorLogs(logging.Handler):
@@ -250,6 +231,9 @@ def target(
         data_dir,
         server={"max_body_size": MAX_BODY},
         shared_store={"url": store_url},
+        # Every route of PROTOCOL.md, events and downloads included, by the builder.
+        event={"source": "fuzz", "keepalive": 1.0},
+        download={"roots": [str(downloads)], "ttl": 3600},
         auth={
             "throttle": {
                 "window": 60,
@@ -258,7 +242,7 @@ def target(
             }
         },
     )
-    server = FullServer(config, download_root=downloads)
+    server = FusionServer(config)
     app = server.build()
     loop = asyncio.new_event_loop()
     started: Future[tuple[web.AppRunner, int]] = Future()
