@@ -32,6 +32,9 @@ from fusion_testing.fixtures_server import (
 )
 from fusion_testing.redis import RedisServer
 
+from fusion.concept import Event
+from fusion.helper.aiohttp import iter_sse
+
 pytestmark = pytest.mark.redis
 
 COOKIE = "FUSION_SESSION"
@@ -40,9 +43,9 @@ UNAVAILABLE = {"status": 503, "message": "shared store unavailable"}
 BOUND = 5.0
 
 
-def _server(tmp_path: Path, redis: RedisServer) -> ServerProcess:
+def _server(tmp_path: Path, redis: RedisServer, **sections: Any) -> ServerProcess:
     (tmp_path / "constant.yml").write_text("banner: outage drill\n")
-    config = server_config_dict(tmp_path, shared_store={"url": redis.url})
+    config = server_config_dict(tmp_path, shared_store={"url": redis.url}, **sections)
     path = write_config(tmp_path / "server.yml", config)
     # Logs to a file: ServerProcess reads its pipe only at stop(), and a pipe
     # filled by audit lines (64 KiB, a few hundred requests) blocks the server.
@@ -285,3 +288,40 @@ async def test_redis_dying_under_load_gives_only_200_401_or_503(
         await asyncio.gather(*workers)
     # The session was lost with Redis (no persistence); the key never depended on it.
     assert statuses == {"session": {200, 503, 401}, "key": {200}}
+
+
+async def test_events_through_an_outage(
+    tmp_path: Path, private_redis_server: RedisServer, http_sessions: HTTPSessionFactory
+) -> None:
+    """With the event API: a subscription is 503 at once while Redis is away, case
+    changes by API key are still stored (their events dropped), and streams work
+    again once Redis is back."""
+    process = _server(tmp_path, private_redis_server, event={"source": "outage"}).start()
+    try:
+        robot = http_sessions(process.url, headers={"X-Fusion-API-Token": ROBOT_KEY})
+        status, envelope = await call(robot, "POST", "/api/case", json={"acs": ["robots"]})
+        guid = envelope["data"]["guid"]
+        private_redis_server.kill()
+        status, envelope, elapsed = await _timed(robot, "GET", f"/api/events/case/{guid}")
+        assert (status, envelope, elapsed < BOUND) == (503, UNAVAILABLE, True)
+        status, envelope = await call(robot, "PUT", f"/api/case/{guid}", json={"name": "kept"})
+        assert (status, envelope["data"]["name"]) == (200, "kept")
+
+        private_redis_server.start()
+        response = await robot.get(f"/api/events/case/{guid}")
+        try:
+            assert response.status == 200
+            events = iter_sse(response.content)
+            status, _ = await call(robot, "PUT", f"/api/case/{guid}", json={"name": "seen"})
+            assert status == 200
+            async with asyncio.timeout(BOUND):
+                while True:
+                    event = Event.from_json((await anext(events)).data)
+                    if event.category == "update_case":
+                        break
+            assert event.case.name == "seen"
+        finally:
+            response.close()
+    finally:
+        code = process.stop()
+    _assert_clean_exit(process, code, tmp_path)
