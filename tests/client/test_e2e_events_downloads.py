@@ -38,30 +38,27 @@ from fusion.client import (
 )
 from fusion.concept import Case, Event
 from fusion.server.app import FusionServer
-from fusion.server.download import FusionDownloadAPI, FusionDownloadConfig
-from fusion.server.event import FusionEventAPI, FusionEventConfig
+from fusion.server.download import FusionDownloadAPI
 
 if TYPE_CHECKING:
     from tests.client.conftest import TLSFiles
 
 
-class ServiceWithEvents(FusionServer):
-    """The generic server plus the event and download APIs, as a service wires them."""
-
-    def __init__(self, data_dir: Path, download_root: Path) -> None:
-        super().__init__(server_config(data_dir))
-        self.event_api = FusionEventAPI(FusionEventConfig(source="e2e", keepalive=0.2))
-        self.download_api = FusionDownloadAPI(FusionDownloadConfig(roots=[download_root]))
-
-    def setup_routes(self, app: web.Application) -> None:
-        self.event_api.setup(app)
-        self.download_api.setup(app)
+def service_with_events(data_dir: Path, download_root: Path) -> FusionServer:
+    """The generic server with the event and download APIs, from their config sections."""
+    return FusionServer(
+        server_config(
+            data_dir,
+            event={"source": "e2e", "keepalive": 0.2},
+            download={"roots": [str(download_root)]},
+        )
+    )
 
 
 @dataclass
 class Service:
     url: str
-    server: ServiceWithEvents
+    server: FusionServer
     download_root: Path
 
 
@@ -81,7 +78,7 @@ async def _serve(
 async def service(tmp_path: Path) -> AsyncIterator[Service]:
     root = tmp_path / "exports"
     root.mkdir()
-    server = ServiceWithEvents(tmp_path / "data", root)
+    server = service_with_events(tmp_path / "data", root)
     runner, port = await _serve(server.build())
     try:
         yield Service(f"http://127.0.0.1:{port}", server, root)
@@ -210,13 +207,19 @@ def _write_export(root: Path, size: int) -> tuple[Path, str]:
     return path, hashlib.sha256(data).hexdigest()
 
 
+def _download_api(service: Service) -> FusionDownloadAPI:
+    api = service.server.download_api
+    assert api is not None, "the download section is configured"
+    return api
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 async def test_multi_megabyte_download_verified_by_hash(service: Service, tmp_path: Path) -> None:
     source, digest = await asyncio.to_thread(_write_export, service.download_root, 12 * 2**20)
-    key = await service.server.download_api.prepare(source, "../../evidence 2026.bin")
+    key = await _download_api(service).prepare(source, "../../evidence 2026.bin")
     target_dir = tmp_path / "downloads"
     target_dir.mkdir()
     progress: list[tuple[int, int | None]] = []
@@ -248,7 +251,7 @@ async def _run_cli(*args: str, home: Path) -> tuple[int, str, str]:
 
 async def test_cli_download_and_events(service: Service, tmp_path: Path) -> None:
     source, digest = await asyncio.to_thread(_write_export, service.download_root, 3 * 2**20)
-    key = await service.server.download_api.prepare(source, "report.bin")
+    key = await _download_api(service).prepare(source, "report.bin")
     output = tmp_path / "out.bin"
     code, _, err = await _run_cli(
         "--url", service.url, "download", f"{key.guid}/{key.token}", "-o", str(output),
