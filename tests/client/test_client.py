@@ -190,6 +190,35 @@ async def test_invalid_envelope_is_an_api_error(protocol_server: RunningServer) 
             await client.request("GET", "/api/auth/logout", concept_type=Info)
 
 
+async def test_deeply_nested_answer_is_an_api_error() -> None:
+    """A hostile server's JSON nested past msgspec's limit: FusionAPIError, not RecursionError."""
+    from aiohttp import web
+
+    deep = b'{"status": 200, "data": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+
+    async def answer(request: web.Request) -> web.Response:
+        status = 200 if request.path == "/api/info" else 500
+        return web.Response(status=status, body=deep, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/api/info", answer)
+    app.router.add_get("/api/fail", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with FusionClient(FusionClientConfig(api_url=f"http://127.0.0.1:{port}")) as client:
+            with pytest.raises(FusionAPIError, match="invalid response") as info:
+                await FusionInfoAPIClient(client).info()
+            assert info.value.status == 200
+            with pytest.raises(FusionAPIError) as failed:
+                await client.request("GET", "/api/fail")
+            assert failed.value.status == 500
+    finally:
+        await runner.cleanup()
+
+
 async def test_connection_refused_is_a_connection_error() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     async with FusionClient(FusionClientConfig(api_url=url)) as client:

@@ -123,6 +123,18 @@ def test_malformed_json_is_a_concept_error() -> None:
         Case.from_json(b"[]")
 
 
+DEEP = b"[" * 5000 + b"]" * 5000
+
+
+def test_deeply_nested_json_is_a_concept_error() -> None:
+    """Past msgspec's depth limit (a RecursionError) the documented error still comes out."""
+    case = b'{"name": "x", "guid": "0b5c6c7e-51b1-4c8a-8c2a-3e1f6a9f0d11"}'
+    event = b'{"source": "s", "category": "c", "case": ' + case + b', "ext": {"a": ' + DEEP + b"}}"
+    with pytest.raises(ConceptError, match="invalid Event"):
+        Event.from_json(event)
+    assert Event.from_json(event.replace(DEEP, b"[[1]]")).ext == {"a": [[1]]}
+
+
 def test_missing_required_key_is_named() -> None:
     with pytest.raises(ConceptError, match="username"):
         Identity.from_json(b'{"groups": []}')

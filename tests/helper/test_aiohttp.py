@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 
-from fusion.concept import Case, Identity, Info
+from fusion.concept import Case, Event, Identity, Info
 from fusion.helper.aiohttp import (
     SSE_KEEPALIVE,
     FusionHTTPError,
@@ -237,10 +237,25 @@ async def _echo_case(request: web.Request) -> web.Response:
     return json_response(await read_concept(request, Case, max_size=4096))
 
 
+async def _echo_deep(request: web.Request) -> web.Response:
+    return json_response({"body": await read_json(request, max_size=65536)})
+
+
+async def _echo_event(request: web.Request) -> web.Response:
+    return json_response(await read_concept(request, Event, max_size=65536))
+
+
 @pytest.fixture
 async def json_client(aiohttp_client: AiohttpClient) -> Client:
     return await aiohttp_client(
-        _app([web.post("/json", _echo_json), web.post("/case", _echo_case)])
+        _app(
+            [
+                web.post("/json", _echo_json),
+                web.post("/case", _echo_case),
+                web.post("/deep", _echo_deep),
+                web.post("/event", _echo_event),
+            ]
+        )
     )
 
 
@@ -280,6 +295,19 @@ async def test_read_json_refuses_bad_bodies(
     headers = {"Content-Type": "application/json", **headers}
     response = await json_client.post("/json", data=body, headers=headers)
     assert expected in await _error_message(response, 400)
+
+
+async def test_deeply_nested_json_is_a_400(json_client: Client) -> None:
+    """Past msgspec's depth limit it raises RecursionError: still a 400, not a 500."""
+    headers = {"Content-Type": "application/json"}
+    deep = b"[" * 5000 + b"]" * 5000
+    response = await json_client.post("/deep", data=deep, headers=headers)
+    assert "nested too deeply" in await _error_message(response, 400)
+    response = await json_client.post("/deep", data=b"[" * 20 + b"]" * 20, headers=headers)
+    assert response.status == 200
+    event = b'{"source": "s", "category": "c", "case": {"name": "x"}, "ext": {"a": ' + deep + b"}}"
+    response = await json_client.post("/event", data=event, headers=headers)
+    assert "nested too deeply" in await _error_message(response, 400)
 
 
 async def test_read_json_caps_declared_size(json_client: Client) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 import msgspec
@@ -73,6 +74,8 @@ def test_errors_name_the_field() -> None:
         )
     with pytest.raises(SerializingError, match="invalid JSON for Job"):
         Job.load(b"{")
+    with pytest.raises(SerializingError, match="invalid JSON for list"):
+        loads(b"[" * 5000 + b"]" * 5000, list[Any])
     with pytest.raises(SerializingError, match=r"invalid Point: .*\$\.x"):
         Point.from_builtins({"x": "one", "y": 2})
     with pytest.raises(SerializingError, match="missing required field `guid`"):

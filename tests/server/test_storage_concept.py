@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 import os
 import signal
 import sys
@@ -366,5 +367,8 @@ async def test_writes_do_not_block_the_loop(samples: ConceptStorage[Sample]) -> 
     stop.set()
     await task
     assert await samples.enumerate() == sorted(guids)
-    assert max(lags) < elapsed / 2, (max(lags), elapsed)
-    assert len(lags) > 10
+    # Blocking writes would leave the ticker a handful of ticks, each as long as
+    # the writes. Threaded ones let it tick all along; a single slow tick (the
+    # loop starting 200 tasks and the thread pool) is not a block.
+    assert len(lags) > 10, (len(lags), elapsed)
+    assert statistics.median(lags) < 0.01, (statistics.median(lags), elapsed)

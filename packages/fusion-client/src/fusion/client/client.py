@@ -85,7 +85,7 @@ def error_message(status: int, body: bytes, reason: str | None) -> str:
     """The server's reason for an error answer: envelope message, plain text, or HTTP reason."""
     try:
         message = _ERROR_DECODER.decode(body).message
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, RecursionError):
         # Older servers answer some 401/403 as plain text; keep a short first line.
         text = body.decode("utf-8", errors="replace").strip()
         message = text.splitlines()[0][:200] if text else None
@@ -344,7 +344,7 @@ class FusionClient:
             raise FusionAPIError(status, error_message(status, raw, reason))
         try:
             envelope = _envelope_decoder(concept_type or Any).decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise FusionAPIError(status, f"invalid response from {method} {path}: {exc}") from exc
         if concept_type is not None and envelope.data is None:
             raise FusionAPIError(status, f"invalid response from {method} {path}: no data")

@@ -117,7 +117,7 @@ class FusionEventAPIClient:
                         delay = base_delay
                         try:
                             event = decoder.decode(sse.data)
-                        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        except (msgspec.DecodeError, RecursionError) as exc:
                             _LOGGER.warning("skipping an invalid event on %s: %s", path, exc)
                             continue
                         yield event

@@ -39,6 +39,10 @@ def json_decoder(type_: Any) -> msgspec.json.Decoder[Any]:
         return decoder
 
 
+# RecursionError: msgspec's answer to JSON nested past its depth limit.
+DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
+
+
 def _decode_error(cls: type, exc: Exception) -> ConceptError:
     return ConceptError(f"invalid {cls.__name__}: {exc}")
 
@@ -64,7 +68,7 @@ class Concept(msgspec.Struct, kw_only=True):
         """Validate ``dct`` (builtins, or Python objects) into a concept."""
         try:
             return msgspec.convert(dct, cls)
-        except msgspec.ValidationError as exc:
+        except (msgspec.ValidationError, RecursionError) as exc:
             raise _decode_error(cls, exc) from exc
 
     # -- JSON -------------------------------------------------------------
@@ -77,7 +81,7 @@ class Concept(msgspec.Struct, kw_only=True):
         """Decode and validate JSON bytes or text."""
         try:
             return json_decoder(cls).decode(data)  # type: ignore[no-any-return]
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except DECODE_ERRORS as exc:
             raise _decode_error(cls, exc) from exc
 
     @classmethod
@@ -90,7 +94,7 @@ class Concept(msgspec.Struct, kw_only=True):
         """Decode a JSON array of concepts."""
         try:
             return json_decoder(list[cls]).decode(data)  # type: ignore[valid-type,no-any-return]
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except DECODE_ERRORS as exc:
             raise _decode_error(cls, exc) from exc
 
     # -- files ------------------------------------------------------------
@@ -184,7 +188,7 @@ def _decode_for_suffix(filepath: Path, raw: bytes) -> Any:
                 ) from exc
         if suffix == ".toml":
             return msgspec.toml.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise ConceptError(f"cannot parse {filepath}: {exc}") from exc
     raise ConceptError(f"unsupported file type {suffix!r} for {filepath} (json, yaml, yml, toml)")
 

@@ -6,7 +6,7 @@ from typing import Any, Generic, TypeVar, cast
 
 import msgspec
 
-from fusion.concept._concept import Concept, ConceptError, json_decoder
+from fusion.concept._concept import DECODE_ERRORS, Concept, ConceptError, json_decoder
 from fusion.concept.case import Case
 
 __all__ = ["CaseT", "Event"]
@@ -36,12 +36,12 @@ class Event(Concept, Generic[CaseT], kw_only=True):
     def from_json(cls, data: bytes | str, case_type: type[Case] = Case) -> Event[Any]:
         try:
             return json_decoder(_event_type(case_type)).decode(data)  # type: ignore[no-any-return]
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except DECODE_ERRORS as exc:
             raise ConceptError(f"invalid Event: {exc}") from exc
 
     @classmethod
     def from_dict(cls, dct: Any, case_type: type[Case] = Case) -> Event[Any]:
         try:
             return msgspec.convert(dct, _event_type(case_type))  # type: ignore[no-any-return]
-        except msgspec.ValidationError as exc:
+        except (msgspec.ValidationError, RecursionError) as exc:
             raise ConceptError(f"invalid Event: {exc}") from exc

@@ -274,6 +274,8 @@ async def read_json(request: web.BaseRequest, max_size: int) -> Any:
         return msgspec.json.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise FusionHTTPError(400, f"invalid JSON body: {exc}") from None
+    except RecursionError:
+        raise FusionHTTPError(400, "invalid JSON body: nested too deeply") from None
 
 
 async def read_concept(
@@ -290,6 +292,8 @@ async def read_concept(
         raise FusionHTTPError(400, f"invalid {concept_type.__name__}: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise FusionHTTPError(400, f"invalid JSON body: {exc}") from None
+    except RecursionError:
+        raise FusionHTTPError(400, "invalid JSON body: nested too deeply") from None
     return result
 
 

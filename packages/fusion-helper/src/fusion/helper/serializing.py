@@ -46,7 +46,7 @@ def loads(data: bytes | str, type_: type[T]) -> T:
         result: T = json_decoder(type_).decode(data)
     except msgspec.ValidationError as exc:  # a DecodeError subclass: catch it first
         raise SerializingError(f"invalid {_name(type_)}: {exc}") from exc
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise SerializingError(f"invalid JSON for {_name(type_)}: {exc}") from exc
     return result
 

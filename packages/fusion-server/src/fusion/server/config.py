@@ -189,7 +189,7 @@ def _parse_file(path: Path) -> Any:
             return msgspec.json.decode(raw)
         if suffix == ".toml":
             return msgspec.toml.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         # YAML errors span lines; the CLI prints one line.
         detail = " ".join(str(exc).split()).replace('"<byte string>", ', "")
         raise ConfigError(f"{path}: cannot parse: {detail}") from None

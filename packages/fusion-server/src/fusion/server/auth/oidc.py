@@ -310,7 +310,7 @@ class OIDCBackend(FusionAuthBackend):
         body = await self._get_json(url, "discovery")
         try:
             metadata = _METADATA_DECODER.decode(body)
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, RecursionError) as error:
             raise self._unavailable("discovery", f"invalid document: {error}") from None
         if metadata.issuer != config.issuer:
             # OpenID Connect Discovery 1.0, section 4.3: they must be identical.
@@ -323,7 +323,7 @@ class OIDCBackend(FusionAuthBackend):
         body = await self._get_json(metadata.jwks_uri, "jwks")
         try:
             document = _JWKS_DECODER.decode(body)
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, RecursionError) as error:
             raise self._unavailable("jwks", f"invalid document: {error}") from None
         keys: dict[str | None, _Key] = {}
         for entry in document.keys:
@@ -443,7 +443,7 @@ class OIDCBackend(FusionAuthBackend):
             return None
         try:
             return _TOKEN_RESPONSE_DECODER.decode(body)
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, RecursionError) as error:
             raise self._unavailable("token", f"invalid answer: {error}") from None
 
     # -- validation -------------------------------------------------------------------

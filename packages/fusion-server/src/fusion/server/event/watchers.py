@@ -102,7 +102,7 @@ class CaseWatchers:
             for message in await self.store.history(_CHANNEL + str(case_guid)):
                 try:
                     snapshot = _DECODER.decode(message.data)
-                except (msgspec.DecodeError, msgspec.ValidationError):
+                except (msgspec.DecodeError, RecursionError):
                     continue
                 latest[snapshot.replica] = snapshot  # oldest first: the last one wins
         now = time.time()

@@ -211,7 +211,7 @@ class FusionSynchronizer:
     def _on_event(self, data: bytes) -> None:
         try:
             case_guid = _EVENT_DECODER.decode(data).case.guid
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, RecursionError):
             _LOGGER.warning("synchronizer ignored a malformed event")
             return
         self._spawn(self.sync_one(case_guid))
