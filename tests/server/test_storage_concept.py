@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import statistics
 import os
 import signal
+import statistics
 import sys
 import textwrap
 import time

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 import sqlite3
 import subprocess
 import sys
@@ -503,10 +504,11 @@ async def test_loop_is_never_blocked_by_writes(tmp_path: Path) -> None:
         await task
 
         assert len(await storage.enumerate_cases()) == 500
-        # Blocking writes would stall the loop for about the whole batch; under a
-        # noisy machine a non-blocking storage still shows many short gaps.
-        assert max(lags) < elapsed / 2, (max(lags), elapsed)
-        assert len(lags) > 10
+        # Blocking writes would stall the loop for about the whole batch (a
+        # handful of ticks, each long); a non-blocking storage lets it tick all
+        # along, whatever one slow tick (starting 500 tasks) on a noisy machine.
+        assert len(lags) > 10, (len(lags), elapsed)
+        assert statistics.median(lags) < 0.01, (statistics.median(lags), elapsed)
 
 
 async def test_cached_reads_stay_on_the_loop_and_are_fast(storage: SQLiteStorage) -> None:
