@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import statistics
 import sqlite3
+import statistics
 import subprocess
 import sys
 import textwrap
