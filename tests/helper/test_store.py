@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 import pytest
 from fusion_testing.redis import RedisServer
+from fusion_testing.tcp_proxy import TcpProxy
 
 from fusion.helper.store import SharedStore, StoreMessage, StoreUnavailableError, create_store
 
@@ -428,3 +430,113 @@ async def test_redis_password_never_in_errors() -> None:
         assert "user:***@" in str(caught.value)
     finally:
         await store.close()
+
+
+# -- Redis: a reply lost after the command ran ------------------------------------
+# A TcpProxy between the store and the real redis-server forwards a command,
+# lets it run, then drops its reply with the connection: what redis-py's
+# retry on a broken connection sees.
+@pytest.fixture
+async def lossy_store(redis_url: str, redis_server: RedisServer) -> AsyncIterator[LossyStore]:
+    async with TcpProxy(redis_server.port) as proxy:
+        store = create_store(f"redis://127.0.0.1:{proxy.port}/0")
+        try:
+            yield LossyStore(store, proxy)
+        finally:
+            await store.close()
+
+
+class LossyStore(NamedTuple):
+    store: SharedStore
+    proxy: TcpProxy
+
+
+@pytest.mark.redis
+async def test_redis_lock_taken_when_the_reply_of_its_acquire_is_lost(
+    lossy_store: LossyStore, redis_server: RedisServer
+) -> None:
+    store, proxy = lossy_store
+    proxy.drop_reply_to(b"lock:job")
+    # The first try took the lock; the retry must see that it is ours.
+    async with store.lock("job", timeout=30, blocking_timeout=1):
+        assert proxy.dropped == 1
+        assert redis_server.command("EXISTS", "fusion:lock:job") == b":1"
+    # Released, not left standing until its 30 s lease ends.
+    assert redis_server.command("EXISTS", "fusion:lock:job") == b":0"
+    async with store.lock("job", blocking_timeout=0):
+        pass
+
+
+@pytest.mark.redis
+async def test_redis_lock_released_only_by_its_holder(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    store = create_store(redis_url)
+    try:
+        async with store.lock("lease", timeout=0.1):
+            await asyncio.sleep(0.2)
+            # The lease ran out and another holder took the lock...
+            redis_server.command("SET", "fusion:lock:lease", "someone-else")
+        # ...whose lock the first one's release left alone.
+        assert redis_server.command("GET", "fusion:lock:lease") == b"someone-else"
+    finally:
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_redis_incr_not_counted_twice_when_its_reply_is_lost(
+    lossy_store: LossyStore, redis_server: RedisServer
+) -> None:
+    store, proxy = lossy_store
+    proxy.drop_reply_to(b"fusion:failures")
+    with pytest.raises(StoreUnavailableError):
+        await store.incr("failures", ttl=60)
+    assert proxy.dropped == 1
+    assert redis_server.command("GET", "fusion:failures") == b"1"
+    assert await store.incr("failures", ttl=60) == 2
+
+
+@pytest.mark.redis
+async def test_redis_pop_fails_rather_than_answer_none_when_its_reply_is_lost(
+    lossy_store: LossyStore,
+) -> None:
+    store, proxy = lossy_store
+    await store.set("one-time", b"secret", ttl=60)
+    proxy.drop_reply_to(b"fusion:one-time")
+    # A retry would find the key gone and answer "unknown key".
+    with pytest.raises(StoreUnavailableError):
+        await store.pop("one-time")
+    assert proxy.dropped == 1
+
+
+@pytest.mark.redis
+async def test_redis_set_if_absent_fails_rather_than_answer_taken_when_its_reply_is_lost(
+    lossy_store: LossyStore,
+) -> None:
+    store, proxy = lossy_store
+    proxy.drop_reply_to(b"fusion:claim")
+    with pytest.raises(StoreUnavailableError):
+        await store.set("claim", b"mine", only_if_absent=True)
+    assert proxy.dropped == 1
+    assert await store.get("claim") == b"mine"
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("history", [0, 5])
+async def test_redis_publish_not_sent_twice_when_its_reply_is_lost(
+    lossy_store: LossyStore, redis_url: str, history: int
+) -> None:
+    store, proxy = lossy_store
+    listener = create_store(redis_url)
+    try:
+        async with listener.subscribe("news") as messages:
+            proxy.drop_reply_to(b"fusion:news")
+            with pytest.raises(StoreUnavailableError):
+                await store.publish("news", b"once", history=history)
+            assert proxy.dropped == 1
+            assert (await _next(messages))[1].data == b"once"
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(anext(messages), 0.3)
+        assert len(await listener.history("news")) == (1 if history else 0)
+    finally:
+        await listener.close()

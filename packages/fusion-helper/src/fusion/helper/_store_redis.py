@@ -7,16 +7,21 @@ defaults below, which make a dead Redis fail fast.
 
 Layout under the prefix ``P``: values and counters at ``P<key>``, bounded
 sets (sorted sets scored by expiry in ms) at ``P<key>``, locks at
-``P lock:<name>``, a channel's history (a stream) at ``P history:<channel>``,
-and pub/sub channels at ``P<channel>``. A pub/sub payload is
-``<history id> <data>`` (empty id when the message is not kept), so the id
-travels with the message it names.
+``P lock:<name>`` (holding the holder's random token), a channel's history (a
+stream) at ``P history:<channel>``, and pub/sub channels at ``P<channel>``. A
+pub/sub payload is ``<history id> <data>`` (empty id when the message is not
+kept), so the id travels with the message it names.
+
+A command is retried once on a broken connection only when running it twice
+does no harm; the others (counters, pops, deletes, ``SET NX``, publishes) fail
+with :class:`StoreUnavailableError` instead, since the first try may have run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -27,7 +32,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import LockError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from fusion.helper._store_memory import history_cut
 from fusion.helper.store import SharedStore, StoreMessage, StoreUnavailableError
@@ -41,6 +46,8 @@ DEFAULT_PREFIX = "fusion:"
 DEFAULT_CONNECT_TIMEOUT = 1.0
 DEFAULT_SOCKET_TIMEOUT = 2.0
 DEFAULT_HEALTH_CHECK_INTERVAL = 30
+# How often a lock held by another is tried again.
+_LOCK_POLL = 0.02
 # How long one read of a pub/sub connection waits before looping (health checks run between).
 _PUBSUB_READ_TIMEOUT = 5.0
 
@@ -61,6 +68,27 @@ return n
 _NOW_MS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# A lock is a key holding its holder's token. Taking it is idempotent: when
+# the reply to a first try was lost and the client retries, the key already
+# holds our token, which counts as taken (SET NX alone would answer "taken by
+# someone" and leave our own lock standing until its lease ran out).
+_LOCK_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
+"""
+
+# Only the holder deletes: 1 released, 0 gone already (lease expired), -1 taken by another.
+_LOCK_RELEASE = """
+local token = redis.call('GET', KEYS[1])
+if token == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+if token then return -1 end
+return 0
 """
 
 # Drop expired members, then add unless full; the set expires with its last member.
@@ -222,27 +250,39 @@ class RedisStore(SharedStore):
             "socket_connect_timeout": DEFAULT_CONNECT_TIMEOUT,
             "socket_timeout": DEFAULT_SOCKET_TIMEOUT,
             "health_check_interval": DEFAULT_HEALTH_CHECK_INTERVAL,
-            # One immediate retry on a broken connection (a pooled socket that
-            # Redis closed when it restarted), none on timeouts, which may
-            # have executed a command already.
-            "retry": Retry(NoBackoff(), 1, (RedisConnectionError,)),
             # An idle pub/sub connection to a vanished host is noticed within
             # about a minute instead of the kernel's two hours.
             "socket_keepalive": True,
             "socket_keepalive_options": _KEEPALIVE,
         }
         try:
-            self._redis: Redis = Redis.from_url(self._redis_url, **options)
+            # Idempotent commands (reads, plain SET, PEXPIRE, bounded_add, the
+            # lock's scripts): one immediate retry on a broken connection,
+            # none on timeouts, which may have executed a command already.
+            self._redis: Redis = Redis.from_url(
+                self._redis_url, **options, retry=Retry(NoBackoff(), 1, (RedisConnectionError,))
+            )
+            # The others are never sent twice: a connection that breaks after
+            # the command ran would make a retry count, pop, publish or delete
+            # a second time (or answer "not there" for what the first one
+            # did). They fail with StoreUnavailableError instead. A pooled
+            # socket that a restarted Redis closed is not a risk for them:
+            # the pool checks it, and reconnects, before handing it out.
+            self._redis_once: Redis = Redis.from_url(
+                self._redis_url, **options, retry=Retry(NoBackoff(), 0)
+            )
         except ValueError as exc:
             raise ValueError(f"invalid Redis URL {self._where!r}: {exc}") from exc
         self._options = options
         self._pubsub_redis: Redis | None = None
         self._subscriptions: set[RedisSubscription] = set()
-        self._incr = self._redis.register_script(_INCR)
+        self._incr = self._redis_once.register_script(_INCR)
         self._bounded_add = self._redis.register_script(_BOUNDED_ADD)
-        self._bounded_remove = self._redis.register_script(_BOUNDED_REMOVE)
+        self._bounded_remove = self._redis_once.register_script(_BOUNDED_REMOVE)
         self._bounded_count = self._redis.register_script(_BOUNDED_COUNT)
-        self._publish_with_history = self._redis.register_script(_PUBLISH_WITH_HISTORY)
+        self._publish_with_history = self._redis_once.register_script(_PUBLISH_WITH_HISTORY)
+        self._lock_acquire = self._redis.register_script(_LOCK_ACQUIRE)
+        self._lock_release = self._redis.register_script(_LOCK_RELEASE)
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
         return StoreUnavailableError(f"redis shared store {self._where} unavailable: {exc}")
@@ -268,8 +308,10 @@ class RedisStore(SharedStore):
     async def set(
         self, key: str, value: bytes, *, ttl: float | None = None, only_if_absent: bool = False
     ) -> bool:
+        # SET NX is not idempotent: a retry would answer False for a key the first try set.
+        client = self._redis_once if only_if_absent else self._redis
         try:
-            done = await self._redis.set(
+            done = await client.set(
                 self.prefix + key,
                 value,
                 px=None if ttl is None else _millis(ttl),
@@ -281,7 +323,7 @@ class RedisStore(SharedStore):
 
     async def pop(self, key: str) -> bytes | None:
         try:
-            value: bytes | None = await self._redis.getdel(self.prefix + key)
+            value: bytes | None = await self._redis_once.getdel(self.prefix + key)
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
         return value
@@ -290,7 +332,7 @@ class RedisStore(SharedStore):
         if not keys:
             return 0
         try:
-            count: int = await self._redis.delete(*(self.prefix + key for key in keys))
+            count: int = await self._redis_once.delete(*(self.prefix + key for key in keys))
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
         return count
@@ -355,7 +397,7 @@ class RedisStore(SharedStore):
     ) -> str | None:
         try:
             if history <= 0:
-                await self._redis.publish(self.prefix + channel, b" " + data)
+                await self._redis_once.publish(self.prefix + channel, b" " + data)
                 return None
             message_id = await self._publish_with_history(
                 keys=[self.prefix + "history:" + channel],
@@ -402,29 +444,38 @@ class RedisStore(SharedStore):
         timeout: float = 30.0,  # noqa: ASYNC109 - the lock's lease, fixed by SharedStore
         blocking_timeout: float | None = None,
     ) -> AsyncIterator[None]:
-        redis_lock = self._redis.lock(
-            self.prefix + "lock:" + name,
-            timeout=timeout,
-            sleep=0.02,
-            blocking_timeout=blocking_timeout,
-            thread_local=False,
-        )
-        try:
-            acquired = await redis_lock.acquire()
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
-        if not acquired:
-            raise TimeoutError(f"lock {name!r} not acquired within {blocking_timeout} s")
+        key = self.prefix + "lock:" + name
+        # This holder's own token: only it releases the lock, and a retried
+        # acquire recognises the lock its lost first try took.
+        token = secrets.token_hex(16)
+        loop = asyncio.get_running_loop()
+        deadline = None if blocking_timeout is None else loop.time() + blocking_timeout
+        while True:
+            try:
+                acquired = await self._lock_acquire(keys=[key], args=[token, _millis(timeout)])
+            except (RedisError, OSError) as exc:
+                # Had a first try run before the connection broke, the lock
+                # is ours until its lease ends: nothing else can tell.
+                raise self._unavailable(exc) from exc
+            if acquired:
+                break
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"lock {name!r} not acquired within {blocking_timeout} s")
+            await asyncio.sleep(_LOCK_POLL if left is None else min(_LOCK_POLL, left))
         try:
             yield
         finally:
             try:
-                await redis_lock.release()
-            except LockError:
-                _LOGGER.warning("lock %r was held longer than its timeout (%s s)", name, timeout)
+                released = await self._lock_release(keys=[key], args=[token])
             except (RedisError, OSError) as exc:
                 # The lock expires by itself after ``timeout``.
                 _LOGGER.warning("lock %r not released: %s", name, self._unavailable(exc))
+            else:
+                if released != 1:
+                    _LOGGER.warning(
+                        "lock %r was held longer than its timeout (%s s)", name, timeout
+                    )
 
     async def ping(self) -> None:
         try:
@@ -437,6 +488,7 @@ class RedisStore(SharedStore):
             await subscription.aclose()
         self._subscriptions.clear()
         await self._redis.aclose(close_connection_pool=True)
+        await self._redis_once.aclose(close_connection_pool=True)
         if self._pubsub_redis is not None:
             await self._pubsub_redis.aclose(close_connection_pool=True)
             self._pubsub_redis = None
