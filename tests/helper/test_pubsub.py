@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from fusion_testing.redis import RedisServer
@@ -247,3 +249,47 @@ async def test_channels_changed_during_outage_are_settled(
     finally:
         await hub.close()
         await store.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("how", ["kill", "stop"])
+async def test_unsubscribe_while_redis_goes_away_is_harmless(
+    private_redis_server: RedisServer, how: str
+) -> None:
+    """Leaving a channel just as Redis dies raises nowhere, and nothing sticks.
+
+    The unsubscribe runs in a task of its own; when it raced the reader's
+    discovery of the dead connection it failed with "'NoneType' object has
+    no attribute 'writelines'", reported only as "Task exception was never
+    retrieved". The yields between the death and the unsubscribe sweep the
+    interleavings of the two.
+    """
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    store = create_store(private_redis_server.url)
+    hub = FusionPubSub(store, reconnect_delay=(0.01, 0.05))
+    try:
+        for yields in range(12):
+            subscription = hub.subscribe("leaving")
+            await subscription.start()
+            getattr(private_redis_server, how)()
+            for _ in range(yields):
+                await asyncio.sleep(0)
+            subscription.close()
+            await asyncio.sleep(0.05)
+            private_redis_server.start()
+            await _wait_for(lambda: hub.connected)
+            # The channel left during the outage can be subscribed again, and hears.
+            async with hub.subscribe("leaving") as again:
+                await hub.publish("leaving", b"back")
+                assert (await _next(again)).data == b"back", yields
+        # Unretrieved task exceptions are reported when the task is collected.
+        gc.collect()
+        await asyncio.sleep(0)
+        assert unhandled == []
+    finally:
+        await hub.close()
+        await store.close()
+        loop.set_exception_handler(previous_handler)

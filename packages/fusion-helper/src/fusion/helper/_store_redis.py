@@ -51,6 +51,11 @@ _LOCK_POLL = 0.02
 # How long one read of a pub/sub connection waits before looping (health checks run between).
 _PUBSUB_READ_TIMEOUT = 5.0
 
+# What a command on a pub/sub connection that just died raises. AttributeError:
+# redis-py drops the connection's writer when its reader sees the socket
+# close, and a command already on its way then writes to None.
+_DEAD_CONNECTION_ERRORS = (RedisError, OSError, AttributeError)
+
 _KEEPALIVE: dict[int, int] = {
     option: value
     for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
@@ -174,25 +179,41 @@ class RedisSubscription:
         new = [channel for channel in channels if channel not in self.channels]
         if not new:
             return
+        if self._ended:
+            raise self._store._unavailable(ConnectionError("subscription connection lost"))
         prefix = self._store.prefix
         try:
             await self._pubsub.subscribe(*(prefix + channel for channel in new))
-        except (RedisError, OSError) as exc:
-            raise self._store._unavailable(exc) from exc
+        except _DEAD_CONNECTION_ERRORS as exc:
+            raise self._lost(exc) from exc
         self.channels.update(new)
         self._connected.set()
 
     async def remove(self, *channels: str) -> None:
-        """Stop receiving the messages of ``channels``."""
+        """Stop receiving the messages of ``channels``.
+
+        On a lost connection there is nothing left to unsubscribe: the
+        channels are dropped here and nothing is sent.
+        """
         old = [channel for channel in channels if channel in self.channels]
         if not old:
             return
         self.channels.difference_update(old)
+        if self._ended:
+            return
         prefix = self._store.prefix
         try:
             await self._pubsub.unsubscribe(*(prefix + channel for channel in old))
-        except (RedisError, OSError) as exc:
-            raise self._store._unavailable(exc) from exc
+        except _DEAD_CONNECTION_ERRORS as exc:
+            raise self._lost(exc) from exc
+
+    def _lost(self, exc: BaseException) -> StoreUnavailableError:
+        # A command that failed on the connection ends the subscription: the
+        # iterator stops, so its consumer learns that messages may be missed
+        # (redis-py would otherwise reconnect and resubscribe by itself).
+        self._ended = True
+        self._connected.set()
+        return self._store._unavailable(exc)
 
     @property
     def ended(self) -> bool:
@@ -212,11 +233,10 @@ class RedisSubscription:
                 raw = await self._pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=_PUBSUB_READ_TIMEOUT
                 )
-            except (RedisError, OSError) as exc:
+            except _DEAD_CONNECTION_ERRORS as exc:
                 if self.ended:
                     break
-                self._ended = True
-                raise self._store._unavailable(exc) from exc
+                raise self._lost(exc) from exc
             if raw is None or raw["type"] != "message":
                 continue
             head, _, data = raw["data"].partition(b" ")

@@ -290,13 +290,18 @@ class FusionPubSub:
             # A new subscriber may have come while this task waited.
             if channel in self._channels or channel not in self._synced:
                 return
+            # Forgotten first: whatever happens below, a later subscriber
+            # subscribes the channel again.
             self._synced.discard(channel)
             upstream = self._upstream
             if upstream is None:
                 return
             try:
                 await upstream.remove(channel)
-            except StoreUnavailableError as exc:
+            except Exception as exc:
+                # Nobody awaits this task: an error here would only be "Task
+                # exception was never retrieved". A dead connection has no
+                # subscription left to remove, and the reader reconnects.
                 _LOGGER.debug("unsubscribing %r: %s", channel, exc)
 
     # -- the upstream subscription ------------------------------------------------------
