@@ -1,37 +1,92 @@
-"""fusion.server: the building blocks of a Fusion service and the ``fusion-server`` command."""
+"""fusion.server: the building blocks of a Fusion service and the ``fusion-server`` command.
+
+Public names are re-exported here, grouped by module, and imported lazily:
+``import fusion.server`` stays cheap (no auth backends, ldap3 or pyjwt until a
+name needs them), ``from fusion.server import FusionServer`` loads what the
+server needs. The modules themselves are the reference.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from fusion.server.__about__ import __version__
-from fusion.server.app import FusionServer
-from fusion.server.appkeys import (
-    AUTH,
-    CONFIG,
-    CONSTANT,
-    EVENTS,
-    PUBSUB,
-    STORAGE,
-    STORE,
-    CaseEventSink,
-)
-from fusion.server.auth import (
-    Access,
-    Action,
-    FusionAuthAPI,
-    FusionAuthAPIConfig,
-    can_access_case,
-    can_delete,
-)
-from fusion.server.case import FusionCaseAPI, FusionCaseAPIConfig
-from fusion.server.config import (
-    ConfigError,
-    FusionServerConfig,
-    ServerConfig,
-    SharedStoreConfig,
-    StorageConfig,
-    decode_config,
-    load_config,
-)
-from fusion.server.constant import FusionConstantAPI, FusionConstantAPIConfig
-from fusion.server.info import FusionInfoAPI, FusionInfoAPIConfig
+
+if TYPE_CHECKING:
+    from fusion.server.app import FusionServer
+    from fusion.server.appkeys import (
+        AUTH,
+        CONFIG,
+        CONSTANT,
+        EVENTS,
+        PUBSUB,
+        STORAGE,
+        STORE,
+        CaseEventSink,
+    )
+    from fusion.server.auth import (
+        Access,
+        Action,
+        FusionAuthAPI,
+        FusionAuthAPIConfig,
+        can_access_case,
+        can_delete,
+    )
+    from fusion.server.case import FusionCaseAPI, FusionCaseAPIConfig
+    from fusion.server.config import (
+        ConfigError,
+        FusionServerConfig,
+        ServerConfig,
+        SharedStoreConfig,
+        StorageConfig,
+        decode_config,
+        load_config,
+    )
+    from fusion.server.constant import FusionConstantAPI, FusionConstantAPIConfig
+    from fusion.server.download import FusionDownloadAPI, FusionDownloadConfig
+    from fusion.server.event import FusionEventAPI, FusionEventConfig
+    from fusion.server.info import FusionInfoAPI, FusionInfoAPIConfig
+    from fusion.server.synchronizer import FusionSynchronizer, FusionSynchronizerConfig
+    from fusion.server.upload import receive_upload
+
+_EXPORTS: dict[str, str] = {
+    "FusionServer": "app",
+    "AUTH": "appkeys",
+    "CONFIG": "appkeys",
+    "CONSTANT": "appkeys",
+    "EVENTS": "appkeys",
+    "PUBSUB": "appkeys",
+    "STORAGE": "appkeys",
+    "STORE": "appkeys",
+    "CaseEventSink": "appkeys",
+    "Access": "auth",
+    "Action": "auth",
+    "FusionAuthAPI": "auth",
+    "FusionAuthAPIConfig": "auth",
+    "can_access_case": "auth",
+    "can_delete": "auth",
+    "FusionCaseAPI": "case",
+    "FusionCaseAPIConfig": "case",
+    "ConfigError": "config",
+    "FusionServerConfig": "config",
+    "ServerConfig": "config",
+    "SharedStoreConfig": "config",
+    "StorageConfig": "config",
+    "decode_config": "config",
+    "load_config": "config",
+    "FusionConstantAPI": "constant",
+    "FusionConstantAPIConfig": "constant",
+    "FusionDownloadAPI": "download",
+    "FusionDownloadConfig": "download",
+    "FusionEventAPI": "event",
+    "FusionEventConfig": "event",
+    "FusionInfoAPI": "info",
+    "FusionInfoAPIConfig": "info",
+    "FusionSynchronizer": "synchronizer",
+    "FusionSynchronizerConfig": "synchronizer",
+    "receive_upload": "upload",
+}
 
 __all__ = [
     "AUTH",
@@ -51,10 +106,16 @@ __all__ = [
     "FusionCaseAPIConfig",
     "FusionConstantAPI",
     "FusionConstantAPIConfig",
+    "FusionDownloadAPI",
+    "FusionDownloadConfig",
+    "FusionEventAPI",
+    "FusionEventConfig",
     "FusionInfoAPI",
     "FusionInfoAPIConfig",
     "FusionServer",
     "FusionServerConfig",
+    "FusionSynchronizer",
+    "FusionSynchronizerConfig",
     "ServerConfig",
     "SharedStoreConfig",
     "StorageConfig",
@@ -63,4 +124,18 @@ __all__ = [
     "can_delete",
     "decode_config",
     "load_config",
+    "receive_upload",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fusion.server' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"fusion.server.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
