@@ -4,6 +4,14 @@ What a load balancer in front of two replicas needs: a session made on one
 works on the other, logout on one revokes it on both, failed logins count
 across both, and a case written by one is read, changed and deleted through
 the other.
+
+A download prepared on one replica and fetched from the other is tested in
+tests/server/test_event_replicas.py
+(``test_prepare_on_one_replica_download_from_the_other``): no route of
+``fusion-server serve`` prepares a download (``FusionDownloadAPI.prepare`` is
+for a service's own handlers), so those replicas are processes of an app with
+a route that does, on one real redis-server and one download root; the key
+fetched from the second is then refused by the first.
 """
 
 from __future__ import annotations
@@ -311,14 +319,6 @@ async def test_events_subscribed_on_one_notified_from_the_other(
         assert event.case.name == "notified"
     finally:
         response.close()
-
-
-def test_download_prepared_on_one_fetched_from_the_other() -> None:
-    pytest.skip(
-        "no route of fusion-server serve prepares a download (FusionDownloadAPI.prepare is "
-        "for service handlers); tests/server/test_event_replicas.py prepares on one replica "
-        "and fetches from the other with an app of its own"
-    )
 
 
 async def test_concurrent_writes_from_both_replicas(
