@@ -41,7 +41,7 @@ from fusion.server.app import FusionServer
 from fusion.server.download import FusionDownloadAPI
 
 if TYPE_CHECKING:
-    from tests.client.conftest import TLSFiles
+    from fusion_testing.tls import TLSFiles
 
 
 def service_with_events(data_dir: Path, download_root: Path) -> FusionServer:

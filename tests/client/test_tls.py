@@ -19,7 +19,8 @@ from fusion.concept import Info
 from fusion.helper.config import ConfigError
 
 if TYPE_CHECKING:
-    from tests.client.conftest import StartServer, TLSFiles
+    from fusion_testing.tls import TLSFiles
+    from tests.client.conftest import StartServer
 
 
 @pytest.fixture

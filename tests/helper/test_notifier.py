@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from fusion_testing.services import free_port
-from fusion_testing.slapd import write_test_certificates
+from fusion_testing.tls import make_tls_files
 
 from fusion.concept import Case, Event
 from fusion.helper.notifier import NOTIFIER_TOKEN_HEADER, FusionNotifier, case_channel
@@ -58,17 +58,6 @@ async def receiver() -> AsyncIterator[Receiver]:
         yield state
     finally:
         await runner.cleanup()
-
-
-@pytest.fixture
-async def pubsub(store_url: str) -> AsyncIterator[FusionPubSub]:
-    store = create_store(store_url)
-    hub = FusionPubSub(store)
-    try:
-        yield hub
-    finally:
-        await hub.close()
-        await store.close()
 
 
 def _notifier(pubsub: FusionPubSub, **options: Any) -> FusionNotifier:
@@ -252,9 +241,10 @@ class TLSReceiver:
 
 @pytest.fixture
 async def tls_receiver(tmp_path: Path) -> AsyncIterator[TLSReceiver]:
-    ca_file = write_test_certificates(tmp_path)
+    tls = make_tls_files(tmp_path)
+    ca_file = tls.ca_file
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    context.load_cert_chain(tls.cert_file, tls.key_file)
     state = Receiver()
     app = web.Application()
     app.router.add_post("/{name}", state.handle)
@@ -262,7 +252,7 @@ async def tls_receiver(tmp_path: Path) -> AsyncIterator[TLSReceiver]:
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
-    der = ssl.PEM_cert_to_DER_cert((tmp_path / "server.pem").read_text())
+    der = ssl.PEM_cert_to_DER_cert(tls.cert_file.read_text())
     try:
         yield TLSReceiver(f"https://127.0.0.1:{port}/hook", ca_file, der, state)
     finally:

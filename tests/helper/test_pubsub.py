@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,24 +13,6 @@ from fusion_testing.redis import RedisServer
 
 from fusion.helper.pubsub import FusionPubSub, Subscription
 from fusion.helper.store import SharedStore, StoreMessage, StoreUnavailableError, create_store
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[SharedStore]:
-    shared = create_store(store_url)
-    try:
-        yield shared
-    finally:
-        await shared.close()
-
-
-@pytest.fixture
-async def pubsub(store: SharedStore) -> AsyncIterator[FusionPubSub]:
-    hub = FusionPubSub(store)
-    try:
-        yield hub
-    finally:
-        await hub.close()
 
 
 async def _next(subscription: Subscription) -> StoreMessage:

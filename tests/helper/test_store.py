@@ -14,15 +14,6 @@ from fusion_testing.tcp_proxy import TcpProxy
 from fusion.helper.store import SharedStore, StoreMessage, StoreUnavailableError, create_store
 
 
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[SharedStore]:
-    shared = create_store(store_url)
-    try:
-        yield shared
-    finally:
-        await shared.close()
-
-
 # -- keys -------------------------------------------------------------------
 async def test_get_set_delete(store: SharedStore) -> None:
     assert await store.get("k") is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from uuid import uuid4
 
@@ -26,13 +26,6 @@ from fusion.server.download import (
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[SharedStore]:
-    store = create_store(store_url)
-    yield store
-    await store.close()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -43,13 +43,6 @@ class Cases:
         if case.acs and username not in case.acs:
             raise FusionHTTPError(403, "access denied")
         return Identity(username=username), case
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[SharedStore]:
-    store = create_store(store_url)
-    yield store
-    await store.close()
 
 
 def make_app(store: SharedStore, **options: Any) -> web.Application:

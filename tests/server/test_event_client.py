@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -19,7 +18,7 @@ from fusion.client.download import FusionDownloadAPIClient
 from fusion.client.event import FusionEventAPIClient
 from fusion.concept import Case, Identity
 from fusion.helper.aiohttp import FusionHTTPError, envelope_middleware
-from fusion.helper.store import SharedStore, create_store
+from fusion.helper.store import SharedStore
 from fusion.server.appkeys import EVENTS, STORE
 from fusion.server.download import DOWNLOADS, FusionDownloadAPI, FusionDownloadConfig
 from fusion.server.event import FusionEventAPI, FusionEventConfig
@@ -32,13 +31,6 @@ async def _authorize(request: web.Request, case_guid: UUID) -> tuple[Identity, C
     if not username:
         raise FusionHTTPError(401, "authentication required")
     return Identity(username=username), CASE
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[SharedStore]:
-    store = create_store(store_url)
-    yield store
-    await store.close()
 
 
 @pytest.fixture

@@ -2,18 +2,18 @@
 and a Redis outage under 50 live subscribers.
 
 The replica tests start this very file as a server process (``python
-test_event_replicas.py <port> <redis url> <root>``): an aiohttp app with the
-event and download APIs on the shared Redis, plus two test routes that call
-``notify()`` and ``prepare()``.
+test_event_replicas.py <redis url> <root> --host H --port P``, a
+:class:`ServerProcess`) on the session's redis-server: an aiohttp app with
+the event and download APIs on the shared Redis, plus two test routes that
+call ``notify()`` and ``prepare()``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
-import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from fusion_testing.fixtures_server import ServerProcess
 from fusion_testing.redis import RedisServer
-from fusion_testing.services import free_port
 
 from fusion.concept import Case, Event, Identity
 from fusion.helper.aiohttp import envelope_middleware, iter_sse
@@ -76,65 +76,35 @@ def build_app(store_url: str, root: Path) -> web.Application:
     return app
 
 
-class Replica:
-    def __init__(self, redis_url: str, root: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(REPO / "tools" / "testing"), env.get("PYTHONPATH")])
-        )
-        self.process = subprocess.Popen(
-            [sys.executable, __file__, str(self.port), redis_url, str(root)], cwd=REPO, env=env
-        )
-
-    def wait_ready(self) -> None:
-        import urllib.request
-
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, "replica exited"
-            try:
-                with urllib.request.urlopen(f"{self.url}/test/ping", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("replica did not start")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-@pytest.fixture(scope="module")
-def shared_redis() -> Iterator[RedisServer]:
-    from fusion_testing.services import require_binary
-
-    server = RedisServer(require_binary("redis-server", "redis-server"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
+def start_replica(redis_url: str, root: Path) -> ServerProcess:
+    """This file as a server process (see the module docstring), listening once started."""
+    pythonpath = [str(REPO / "tools" / "testing"), os.environ.get("PYTHONPATH", "")]
+    return ServerProcess(
+        command=[sys.executable, __file__, redis_url, str(root)],
+        cwd=REPO,
+        env={"PYTHONPATH": os.pathsep.join(filter(None, pythonpath))},
+    ).start()
 
 
 @pytest.fixture(scope="module")
 def replicas(
-    shared_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Replica, Replica, Path]]:
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServerProcess, ServerProcess, Path]]:
+    if not redis_server.running:
+        redis_server.start()
+    redis_server.flushall()
     root = tmp_path_factory.mktemp("root")
-    first, second = Replica(shared_redis.url, root), Replica(shared_redis.url, root)
+    started: list[ServerProcess] = []
     try:
-        first.wait_ready()
-        second.wait_ready()
-        yield first, second, root
+        started.append(start_replica(redis_server.url, root))
+        started.append(start_replica(redis_server.url, root))
+        yield started[0], started[1], root
     finally:
-        first.stop()
-        second.stop()
+        codes = [process.stop() for process in started]
+    for process, code in zip(started, codes, strict=True):
+        output = process.output.decode(errors="replace")
+        assert code == 0, output[-2000:]
+        assert "Traceback" not in output, output[-4000:]
 
 
 @pytest.fixture
@@ -163,7 +133,7 @@ async def _next_event(events: AsyncIterator[Any], category: str) -> Event[Any]:
 
 
 async def test_subscribe_on_one_replica_notify_on_the_other(
-    replicas: tuple[Replica, Replica, Path], session: aiohttp.ClientSession
+    replicas: tuple[ServerProcess, ServerProcess, Path], session: aiohttp.ClientSession
 ) -> None:
     first, second, _root = replicas
     response, events = await _events(session, first.url, "alice")
@@ -183,7 +153,7 @@ async def test_subscribe_on_one_replica_notify_on_the_other(
 
 
 async def test_prepare_on_one_replica_download_from_the_other(
-    replicas: tuple[Replica, Replica, Path], session: aiohttp.ClientSession
+    replicas: tuple[ServerProcess, ServerProcess, Path], session: aiohttp.ClientSession
 ) -> None:
     first, second, root = replicas
     (root / "shared.txt").write_bytes(b"from the shared disk")
@@ -256,10 +226,16 @@ async def test_redis_outage_under_50_subscribers(
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("redis_url")
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
     web.run_app(
-        build_app(sys.argv[2], Path(sys.argv[3])),
-        host="127.0.0.1",
-        port=int(sys.argv[1]),
+        build_app(args.redis_url, args.root),
+        host=args.host,
+        port=args.port,
         print=None,
         access_log=None,
     )

@@ -11,7 +11,8 @@ from typing import Any
 
 import msgspec
 import pytest
-from fusion_testing.slapd import SUFFIX, SlapdServer, write_test_certificates
+from fusion_testing.slapd import SUFFIX, SlapdServer
+from fusion_testing.tls import make_tls_files
 
 from fusion.server.auth.backend import (
     BackendUnavailableError,
@@ -362,7 +363,7 @@ async def test_tls_without_the_ca_is_refused_as_unavailable(
     use_ldaps: bool,
 ) -> None:
     # A CA file that did not sign the directory's certificate.
-    other_ca = write_test_certificates(tmp_path)
+    other_ca = make_tls_files(tmp_path).ca_file
     tls: dict[str, Any] = {"url": slapd_server.ldaps_url} if use_ldaps else {"start_tls": True}
     backend = backend_of(search_config(slapd_server, ca_file=str(other_ca), **tls))
     with pytest.raises(BackendUnavailableError, match=r"unreachable|StartTLS"):

@@ -118,13 +118,6 @@ async def test_job_missing_is_reported(storage: SQLiteStorage) -> None:
         await sync.sync_case(case)
 
 
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[SharedStore]:
-    store = create_store(store_url)
-    yield store
-    await store.close()
-
-
 async def test_events_trigger_a_sync_of_their_case(
     storage: SQLiteStorage, store: SharedStore
 ) -> None:

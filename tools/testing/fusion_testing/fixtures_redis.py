@@ -3,30 +3,38 @@
 - ``redis_server``: one server for the whole session;
 - ``redis_url``: that server's URL, flushed before the test;
 - ``private_redis_server``: a server of the test's own, to kill and restart;
-- ``store_url``: parametrized ``memory`` / ``redis``, to run a test on both stores.
+- ``store_url``: parametrized ``memory`` / ``redis``, to run a test on both stores;
+- ``store``: a :class:`SharedStore` on ``store_url``, closed after the test;
+- ``pubsub``: a :class:`FusionPubSub` on ``store``, closed after the test.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from fusion.helper.pubsub import FusionPubSub
+from fusion.helper.store import SharedStore, create_store
 from fusion_testing.redis import RedisServer
 from fusion_testing.services import require_binary
 
-__all__ = ["private_redis_server", "redis_server", "redis_url", "store_url"]
+__all__ = ["private_redis_server", "pubsub", "redis_server", "redis_url", "store", "store_url"]
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """A redis-server shared by the session (skips or fails when not installed)."""
+def _running_server() -> Iterator[RedisServer]:
     server = RedisServer(require_binary("redis-server", "redis-server"))
     server.start()
     try:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server shared by the session (skips or fails when not installed)."""
+    yield from _running_server()
 
 
 @pytest.fixture
@@ -42,12 +50,7 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 def private_redis_server() -> Iterator[RedisServer]:
     """A redis-server of this test's own, which it may kill and start again."""
-    server = RedisServer(require_binary("redis-server", "redis-server"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _running_server()
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
@@ -60,3 +63,23 @@ def store_url(request: pytest.FixtureRequest) -> str:
         return "memory://"
     url: str = request.getfixturevalue("redis_url")
     return url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[SharedStore]:
+    """The shared store of ``store_url`` (so, once per store), closed after the test."""
+    shared = create_store(store_url)
+    try:
+        yield shared
+    finally:
+        await shared.close()
+
+
+@pytest.fixture
+async def pubsub(store: SharedStore) -> AsyncIterator[FusionPubSub]:
+    """A :class:`FusionPubSub` on ``store``, closed after the test."""
+    hub = FusionPubSub(store)
+    try:
+        yield hub
+    finally:
+        await hub.close()

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from argon2 import PasswordHasher
 
 from fusion.server.app import FusionServer
 from fusion.server.config import FusionServerConfig, decode_config
-from fusion_testing.services import free_port
+from fusion_testing.services import ServiceStartError, free_port, port_accepts, wait_until_ready
 
 __all__ = [
     "FEDERATION_KEY",
@@ -247,21 +246,23 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.output += self._read_log()
-                raise RuntimeError(
-                    f"fusion-server exited with {self.process.returncode}: "
-                    f"{self.output.decode(errors='replace')!r}"
-                )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"fusion-server did not listen on {self.port} within {timeout}s")
+        try:
+            wait_until_ready(
+                self.process,
+                lambda: port_accepts(self.port),
+                name=f"fusion-server on port {self.port}",
+                timeout=timeout,
+                interval=0.02,
+                output=self._exit_output,
+            )
+        except ServiceStartError:
+            self.stop()
+            raise
+        return self
+
+    def _exit_output(self) -> str:
+        self.output += self._read_log()
+        return repr(self.output.decode(errors="replace"))
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, wait, and return the exit code (SIGKILL after ``timeout``)."""

@@ -14,22 +14,16 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
+
+from fusion_testing.services import ServiceStartError, free_port, wait_until_ready
 
 __all__ = ["RedisServer", "RedisServerError"]
 
 
-class RedisServerError(RuntimeError):
+class RedisServerError(ServiceStartError):
     """redis-server did not start or did not answer."""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _encode_command(*args: str) -> bytes:
@@ -51,7 +45,7 @@ class RedisServer:
     def __init__(self, binary: Path | str = "redis-server", *, port: int | None = None) -> None:
         found = shutil.which(str(binary), path="/usr/bin:/usr/sbin:/usr/local/bin:/bin")
         self.binary = Path(found) if found else Path(binary)
-        self.port = port if port is not None else _free_port()
+        self.port = port if port is not None else free_port()
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -93,23 +87,30 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._process.poll() is not None:
-                stderr = self._process.stderr.read() if self._process.stderr else b""
-                self._process = None
-                raise RedisServerError(
-                    f"redis-server exited on port {self.port}: {stderr.decode(errors='replace')}"
-                )
-            try:
-                if self.command("PING") == b"+PONG":
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RedisServerError(f"redis-server did not answer on port {self.port}")
-            time.sleep(0.005)
+        try:
+            wait_until_ready(
+                self._process,
+                self._answers,
+                name=f"redis-server on port {self.port}",
+                timeout=timeout,
+                interval=0.005,
+                output=self._stderr,
+            )
+        except ServiceStartError as exc:
+            self.kill()
+            raise RedisServerError(str(exc)) from None
+
+    def _answers(self) -> bool:
+        try:
+            return self.command("PING") == b"+PONG"
+        except OSError:
+            return False
+
+    def _stderr(self) -> str:
+        process = self._process
+        if process is None or process.stderr is None:
+            return ""
+        return process.stderr.read().decode(errors="replace")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the server gracefully (SIGTERM), SIGKILL if it does not exit in time."""

@@ -12,17 +12,16 @@ It does not import pytest: benchmarks and scripts can use it too.
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
 import os
 import secrets
 import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 from pathlib import Path
 from types import TracebackType
+
+from fusion_testing.services import ServiceStartError, free_port, wait_until_ready
 
 __all__ = [
     "SUFFIX",
@@ -31,7 +30,6 @@ __all__ = [
     "escape_dn_value",
     "ssha",
     "test_users",
-    "write_test_certificates",
 ]
 
 SUFFIX = "dc=example,dc=org"
@@ -90,13 +88,6 @@ def ssha(password: str) -> str:
     return "{SSHA}" + base64.b64encode(digest + salt).decode()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class SlapdServer:
     """One slapd process with the test directory; ``start()`` / ``stop()`` repeatable."""
 
@@ -121,8 +112,8 @@ class SlapdServer:
         self.users = users if users is not None else test_users()
         self.admin_password = secrets.token_urlsafe(12)
         self.service_password = secrets.token_urlsafe(12)
-        self.port = _free_port()
-        self.tls_port = _free_port() if tls else None
+        self.port = free_port()
+        self.tls_port = free_port() if tls else None
         self.ca_file: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._prepared = False
@@ -241,7 +232,10 @@ access to * by * read
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "db").mkdir(exist_ok=True)
         if self.tls:
-            self.ca_file = write_test_certificates(self.workdir)
+            # Imported here so a plain (no TLS) directory does not need cryptography.
+            from fusion_testing.tls import make_tls_files
+
+            self.ca_file = make_tls_files(self.workdir).ca_file
         config = self._write_config()
         ldif = self.workdir / "data.ldif"
         ldif.write_text(self._ldif())
@@ -274,16 +268,17 @@ access to * by * read
                 stderr=log,
                 env={**os.environ, "LC_ALL": "C"},
             )
-        deadline = time.monotonic() + timeout
-        while not self._answers():
-            if self._process.poll() is not None:
-                self._process = None
-                error = log_path.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"slapd exited at start: {error}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"slapd did not answer on {self.url} within {timeout}s")
-            time.sleep(0.01)
+        try:
+            wait_until_ready(
+                self._process,
+                self._answers,
+                name=f"slapd on {self.url}",
+                timeout=timeout,
+                output=lambda: log_path.read_text(errors="replace")[-2000:],
+            )
+        except ServiceStartError:
+            self.stop()
+            raise
 
     def _answers(self) -> bool:
         # An LDAPv3 anonymous simple bind (BER by hand, no ldap3 here); any
@@ -321,80 +316,6 @@ access to * by * read
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def write_test_certificates(directory: Path) -> Path:
-    """A test CA and a server certificate for 127.0.0.1/localhost in ``directory``.
-
-    Writes ``ca.pem``, ``server.pem`` and ``server.key``; returns the CA file.
-    """
-    # Imported here so a plain (no TLS) directory does not need cryptography.
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Fusion test CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(IPv4Address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_file = directory / "ca.pem"
-    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "server.pem").write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    key_path = directory / "server.key"
-    key_path.write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return ca_file
 
 
 def _attr(name: str, value: str) -> str:
