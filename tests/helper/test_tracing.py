@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from datetime import timedelta
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import pytest
 
 from fusion.concept import Identity, utcnow
-from fusion.helper.logging import JsonFormatter
-from fusion.helper.tracing import AUDIT_LOGGER, AuditRecord, trace_user_op
+from fusion.helper.logging import FusionFormatter, JsonFormatter, TextFormatter
+from fusion.helper.tracing import AUDIT_LOGGER, AuditRecord, AuditTrail, trace_user_op
 
 GUID = UUID("0b5c6c7e-51b1-4c8a-8c2a-3e1f6a9f0d11")
 
@@ -80,3 +85,135 @@ def test_disabled_logger_still_returns_record(caplog: pytest.LogCaptureFixture) 
 def test_invalid_guid_text() -> None:
     with pytest.raises(ValueError, match="badly formed"):
         trace_user_op("alice", "case.read", granted=True, case_guid="nope")
+
+
+# -- AuditTrail: granted decisions batched per loop iteration ----------------------
+
+
+@pytest.fixture
+def audit_file(tmp_path: Path) -> Iterator[tuple[logging.Logger, Path, logging.FileHandler]]:
+    """A private audit logger (not propagating: pytest's handlers stay out) to a file."""
+    logger = logging.getLogger(f"fusion.audit.test{id(tmp_path)}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    path = tmp_path / "audit.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    logger.addHandler(handler)
+    yield logger, path, handler
+    logger.removeHandler(handler)
+    handler.close()
+
+
+def _slow_lines(trail: AuditTrail, entries: list[Any], formatter: logging.Formatter) -> list[str]:
+    return [formatter.format(trail._record(entry)) for entry in entries]
+
+
+@pytest.mark.parametrize("formatter_type", [TextFormatter, JsonFormatter])
+async def test_trail_writes_once_per_iteration_what_logging_would(
+    audit_file: tuple[logging.Logger, Path, logging.FileHandler],
+    formatter_type: type[FusionFormatter],
+) -> None:
+    logger, path, handler = audit_file
+    handler.setFormatter(formatter_type())
+    trail = AuditTrail(logger)
+    trail.granted("alice", "retrieve_case", case_guid=GUID, client_ip="192.0.2.1")
+    trail.granted("robot", "enumerate_cases", context={"page": 2})
+    entries = list(trail._pending)
+    assert path.read_text() == ""  # nothing written before the iteration ends
+    await asyncio.sleep(0)
+    written = path.read_text().splitlines()
+    # Byte for byte what one LogRecord per decision would have given.
+    assert written == _slow_lines(trail, entries, formatter_type())
+    if formatter_type is TextFormatter:
+        assert written[0].endswith(
+            f" INFO {logger.name}: granted retrieve_case to alice case={GUID} ip=192.0.2.1"
+        )
+        assert written[1].endswith("granted enumerate_cases to robot case=- ip=-")
+    else:
+        first, second = (json.loads(line) for line in written)
+        assert first["audit"]["who"] == "alice"
+        assert first["audit"]["case_guid"] == str(GUID)
+        assert first["level"] == "INFO"
+        assert second["audit"]["context"] == {"page": 2}
+        assert second["audit"]["client_ip"] is None
+    # Each line carries the time of its decision, not of the write.
+    assert (
+        json.loads(JsonFormatter().format(trail._record(entries[0])))["audit"]["time"]
+        == datetime.fromtimestamp(entries[0][0], UTC).isoformat()
+    )
+
+
+async def test_trail_denied_flushes_first_and_keeps_order(
+    audit_file: tuple[logging.Logger, Path, logging.FileHandler],
+) -> None:
+    logger, path, handler = audit_file
+    handler.setFormatter(TextFormatter())
+    trail = AuditTrail(logger)
+    trail.granted("alice", "retrieve_case", case_guid=GUID)
+    trail.denied("mallory", "delete_case", case_guid=GUID, context={"reason": "acs"})
+    trail.granted("alice", "update_case", case_guid=GUID)
+    await asyncio.sleep(0)
+    lines = path.read_text().splitlines()
+    assert " WARNING " in lines[1]
+    messages = [line.split(": ", 1)[1] for line in lines]
+    assert messages == [
+        f"granted retrieve_case to alice case={GUID} ip=-",
+        f"denied delete_case to mallory case={GUID} ip=-",
+        f"granted update_case to alice case={GUID} ip=-",
+    ]
+
+
+async def test_trail_batch_cap_and_explicit_flush(
+    audit_file: tuple[logging.Logger, Path, logging.FileHandler],
+) -> None:
+    logger, path, handler = audit_file
+    handler.setFormatter(TextFormatter())
+    trail = AuditTrail(logger, max_batch=3)
+    for index in range(4):
+        trail.granted(f"user{index}", "retrieve_case")
+    assert len(path.read_text().splitlines()) == 3  # the cap wrote the first three
+    trail.flush()
+    assert len(path.read_text().splitlines()) == 4
+    await asyncio.sleep(0)  # the scheduled flush finds nothing left
+    assert len(path.read_text().splitlines()) == 4
+
+
+def test_trail_without_loop_writes_at_once(
+    audit_file: tuple[logging.Logger, Path, logging.FileHandler],
+) -> None:
+    logger, path, handler = audit_file
+    handler.setFormatter(TextFormatter())
+    AuditTrail(logger).granted("alice", "login")
+    assert path.read_text().endswith("granted login to alice case=- ip=-\n")
+
+
+async def test_trail_through_other_handlers_is_one_record_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """pytest's handler is no Fusion stream handler: records as trace_user_op makes them."""
+    caplog.set_level(logging.INFO, logger="fusion.audit")
+    trail = AuditTrail()
+    before = time.time()
+    trail.granted("alice", "retrieve_case", case_guid=GUID, client_ip="192.0.2.1")
+    trail.granted("bob", "retrieve_case", case_guid=GUID)
+    await asyncio.sleep(0)
+    first, second = _audit(caplog)
+    assert first.getMessage() == f"granted retrieve_case to alice case={GUID} ip=192.0.2.1"
+    assert first.levelno == logging.INFO
+    assert before <= first.created <= second.created <= time.time()
+    assert first.audit["who"] == "alice"  # type: ignore[attr-defined]
+    assert first.audit["granted"] is True  # type: ignore[attr-defined]
+    assert second.audit["client_ip"] is None  # type: ignore[attr-defined]
+
+
+async def test_trail_is_silent_when_info_is_off(
+    audit_file: tuple[logging.Logger, Path, logging.FileHandler],
+) -> None:
+    logger, path, handler = audit_file
+    handler.setFormatter(TextFormatter())
+    logger.setLevel(logging.WARNING)
+    trail = AuditTrail(logger)
+    trail.granted("alice", "retrieve_case")
+    assert trail._pending == []
+    await asyncio.sleep(0)
+    assert path.read_text() == ""

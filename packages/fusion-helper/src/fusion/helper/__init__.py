@@ -59,6 +59,7 @@ if TYPE_CHECKING:
         FileLock,
     )
     from fusion.helper.logging import (
+        FusionFormatter,
         JsonFormatter,
         TextFormatter,
         get_logger,
@@ -109,6 +110,7 @@ if TYPE_CHECKING:
     from fusion.helper.tracing import (
         AUDIT_LOGGER,
         AuditRecord,
+        AuditTrail,
         trace_user_op,
     )
     from fusion.helper.zip import (
@@ -155,6 +157,7 @@ _EXPORTS: dict[str, str] = {
     "iter_guid_items": "filesystem",
     "safe_join": "filesystem",
     "FileLock": "flock",
+    "FusionFormatter": "logging",
     "JsonFormatter": "logging",
     "TextFormatter": "logging",
     "get_logger": "logging",
@@ -189,6 +192,7 @@ _EXPORTS: dict[str, str] = {
     "Timer": "timer",
     "AUDIT_LOGGER": "tracing",
     "AuditRecord": "tracing",
+    "AuditTrail": "tracing",
     "trace_user_op": "tracing",
     "DEFAULT_MAX_ENTRIES": "zip",
     "DEFAULT_MAX_RATIO": "zip",
@@ -207,6 +211,7 @@ __all__ = [
     "NOTIFIER_TOKEN_HEADER",
     "SSE_KEEPALIVE",
     "AuditRecord",
+    "AuditTrail",
     "CalledProcessError",
     "ChannelSubscription",
     "CompletedProcess",
@@ -214,6 +219,7 @@ __all__ = [
     "DiskUsage",
     "Dumpable",
     "FileLock",
+    "FusionFormatter",
     "FusionHTTPError",
     "FusionNotifier",
     "FusionPubSub",

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["JsonFormatter", "TextFormatter", "get_logger", "setup_logging"]
+__all__ = ["FusionFormatter", "JsonFormatter", "TextFormatter", "get_logger", "setup_logging"]
 
 ROOT = "fusion"
 
@@ -44,11 +44,37 @@ def _unencodable(obj: Any) -> Any:
 _ENCODER = msgspec.json.Encoder(enc_hook=_unencodable)
 
 
+# (milliseconds since the epoch, its ISO text): lines written in a burst share it.
+_last_iso: tuple[int, str] = (-1, "")
+
+
 def _iso_utc(created: float) -> str:
-    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    global _last_iso  # a one-entry cache
+    millis = round(created * 1_000_000) // 1000
+    last = _last_iso
+    if last[0] == millis:
+        return last[1]
+    text = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    _last_iso = (millis, text)
+    return text
 
 
-class JsonFormatter(logging.Formatter):
+class FusionFormatter(logging.Formatter):
+    """Base of the two formats: :meth:`format_fields` renders one line from plain
+    values, so that writers of many lines (the audit trail) skip the LogRecords and
+    still produce exactly what :meth:`format` would."""
+
+    # Whether format_fields() writes the ``extra`` fields (callers may skip building them).
+    uses_extra = True
+
+    def format_fields(
+        self, created: float, levelname: str, name: str, message: str, extra: dict[str, Any]
+    ) -> str:
+        """The line of a record with these fields (no exception, no stack)."""
+        raise NotImplementedError
+
+
+class JsonFormatter(FusionFormatter):
     """One JSON object per line: ``time`` (ISO UTC), ``level``, ``logger``, ``message``,
     every ``extra=`` field, and ``exception`` (formatted) when there is one."""
 
@@ -68,15 +94,36 @@ class JsonFormatter(logging.Formatter):
             entry["stack"] = self.formatStack(record.stack_info)
         return _ENCODER.encode(entry).decode()
 
+    def format_fields(
+        self, created: float, levelname: str, name: str, message: str, extra: dict[str, Any]
+    ) -> str:
+        entry: dict[str, Any] = {
+            "time": _iso_utc(created),
+            "level": levelname,
+            "logger": name,
+            "message": message,
+        }
+        for key, value in extra.items():
+            if key not in entry:
+                entry[key] = value
+        return _ENCODER.encode(entry).decode()
 
-class TextFormatter(logging.Formatter):
+
+class TextFormatter(FusionFormatter):
     """``2026-11-28T04:00:00.123Z INFO fusion.server: message`` (UTC)."""
+
+    uses_extra = False
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return _iso_utc(record.created).replace("+00:00", "Z")
+
+    def format_fields(
+        self, created: float, levelname: str, name: str, message: str, extra: dict[str, Any]
+    ) -> str:
+        return f"{_iso_utc(created).replace('+00:00', 'Z')} {levelname} {name}: {message}"
 
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
