@@ -525,6 +525,36 @@ async def test_cached_reads_stay_on_the_loop_and_are_fast(storage: SQLiteStorage
     assert per_read < 25e-6, per_read
 
 
+async def test_data_version_is_asked_once_per_loop_iteration(tmp_path: Path) -> None:
+    """Cached reads of one iteration share one check; the next iteration asks again
+    and sees what another connection committed in between."""
+    async with SQLiteStorage(tmp_path) as storage, SQLiteStorage(tmp_path) as replica:
+        case = Case(name="v1")
+        await storage.create_case(case)
+        await storage.retrieve_case(case.guid)
+        await asyncio.sleep(0)
+        asked: list[str] = []
+        storage._started().probe.set_trace_callback(asked.append)
+        for _ in range(50):
+            found = await storage.retrieve_case(case.guid)
+            assert found is not None
+            assert found.name == "v1"
+        assert asked == ["PRAGMA data_version"]
+        case.name = "v2"
+        await replica.update_case(case)  # another connection commits (and we yield)
+        found = await storage.retrieve_case(case.guid)
+        assert found is not None
+        assert found.name == "v2"
+        assert len(asked) == 2
+        # A write of this storage makes its next read look again, whatever the iteration.
+        case.name = "v3"
+        await storage.update_case(case)
+        found = await storage.retrieve_case(case.guid)
+        assert found is not None
+        assert found.name == "v3"
+        assert len(asked) == 3
+
+
 async def test_read_racing_a_write_never_caches_stale_data(storage: SQLiteStorage) -> None:
     case = Case(name="v0")
     await storage.create_case(case)

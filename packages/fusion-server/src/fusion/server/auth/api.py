@@ -19,7 +19,7 @@ from fusion.helper.aiohttp import (
     read_json,
 )
 from fusion.helper.store import SharedStore
-from fusion.helper.tracing import AUDIT_LOGGER, trace_user_op
+from fusion.helper.tracing import AUDIT_LOGGER, AuditTrail
 from fusion.server.appkeys import AUTH, CONFIG, STORAGE, STORE
 from fusion.server.auth.access import Access, Action, can_access_case, can_delete
 from fusion.server.auth.backend import (
@@ -89,6 +89,7 @@ class FusionAuthAPI:
         self._store: SharedStore | None = None
         self._storage: FusionStorage | None = None
         self._sessions: SessionManager | None = None
+        self.audit_trail = AuditTrail()
 
     # -- wiring ---------------------------------------------------------------
     def setup(self, app: web.Application) -> None:
@@ -112,6 +113,7 @@ class FusionAuthAPI:
         try:
             yield
         finally:
+            self.audit_trail.flush()
             if self.backend is not None:
                 await self.backend.shutdown()
 
@@ -252,7 +254,11 @@ class FusionAuthAPI:
         return can_access_case(identity, case)
 
     async def authorize_impl(self, identity: Identity, action: Action, case: Case | None) -> bool:
-        """Service hook, called after the framework's checks passed: return False to refuse."""
+        """Service hook, called after the framework's checks passed: return False to refuse.
+
+        ``identity`` and ``case`` are shared with other requests (decoded once
+        and cached): read them, never modify them.
+        """
         return True
 
     async def authorize(
@@ -306,21 +312,27 @@ class FusionAuthAPI:
         granted: bool,
         reason: str | None = None,
     ) -> None:
-        """Write one audit record: who, what, which case, from where, and the outcome."""
+        """Write one audit record: who, what, which case, from where, and the outcome.
+
+        Granted decisions are written in batches, at the end of the event-loop
+        iteration (see :class:`~fusion.helper.tracing.AuditTrail`); refusals at once.
+        """
         name = action if isinstance(action, str) else action.name
         context = None if isinstance(action, str) or not action.context else action.context
         # Skipped whole when nobody listens: this runs on every authorized request.
         if not AUDIT_LOGGER.isEnabledFor(logging.INFO if granted else logging.WARNING):
             return
+        who = identity.username if identity is not None else "-"
+        case_guid = case.guid if case is not None else None
+        if granted:
+            self.audit_trail.granted(
+                who, name, case_guid=case_guid, client_ip=self.client_ip(request), context=context
+            )
+            return
         if reason is not None:
             context = {**(context or {}), "reason": reason}
-        trace_user_op(
-            identity.username if identity is not None else "-",
-            name,
-            granted=granted,
-            case_guid=case.guid if case is not None else None,
-            client_ip=self.client_ip(request),
-            context=context,
+        self.audit_trail.denied(
+            who, name, case_guid=case_guid, client_ip=self.client_ip(request), context=context
         )
 
     # -- login throttling -----------------------------------------------------

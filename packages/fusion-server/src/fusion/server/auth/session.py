@@ -16,6 +16,7 @@ __all__ = ["SessionManager"]
 # token_urlsafe(32): 43 characters of the URL-safe alphabet.
 _SESSION_ID = re.compile(r"[A-Za-z0-9_\-]{43}")
 _IDENTITY_DECODER = msgspec.json.Decoder(Identity)
+_DECODED_CACHE_SIZE = 4096
 
 
 class SessionManager:
@@ -32,6 +33,10 @@ class SessionManager:
         self.store = store
         self.config = config
         self.prefix = prefix
+        # session id -> (stored bytes, their Identity): the store is read on every
+        # load (a logout anywhere is seen at once), the decoding skipped when the
+        # bytes did not change.
+        self._decoded: dict[str, tuple[bytes, Identity]] = {}
 
     @staticmethod
     def valid_id(session_id: str) -> bool:
@@ -51,16 +56,25 @@ class SessionManager:
         if not self.valid_id(session_id):
             return None
         raw = await self.store.get(self.prefix + session_id)
+        decoded = self._decoded
         if raw is None:
+            decoded.pop(session_id, None)
             return None
+        known = decoded.get(session_id)
+        if known is not None and (known[0] is raw or known[0] == raw):
+            return known[1]
         try:
             identity: Identity = _IDENTITY_DECODER.decode(raw)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return None
+        if len(decoded) >= _DECODED_CACHE_SIZE:
+            decoded.clear()
+        decoded[session_id] = (raw, identity)
         return identity
 
     async def revoke(self, session_id: str) -> bool:
         """Delete a session everywhere; False when it did not exist."""
         if not self.valid_id(session_id):
             return False
+        self._decoded.pop(session_id, None)
         return await self.store.delete(self.prefix + session_id) > 0

@@ -46,6 +46,7 @@ _JSON = "application/json"
 # Python on the hottest route. Bounded, and cleared when full.
 _GUID_CACHE: dict[str, UUID] = {}
 _GUID_CACHE_SIZE = 4096
+_DECODED_CACHE_SIZE = 1024
 
 
 def _case_guid(request: web.Request) -> UUID:
@@ -92,6 +93,9 @@ class FusionCaseAPI(Generic[CaseT]):
             and not struct_config.omit_defaults
             and not struct_config.array_like
         )
+        # Stored JSON -> its decoded case, for the access check of the raw
+        # retrieve path (the storage hands out the same bytes while cached).
+        self._decoded: dict[bytes, Case] = {}
 
     # -- wiring ---------------------------------------------------------------
     def setup(self, app: web.Application) -> None:
@@ -234,7 +238,12 @@ class FusionCaseAPI(Generic[CaseT]):
             raw = await self.storage.retrieve_case_json(case_guid)
             if raw is None:
                 raise FusionHTTPError(404, f"case {case_guid} not found")
-            case = self._decoder.decode(raw)
+            decoded = self._decoded
+            case = decoded.get(raw)
+            if case is None:
+                if len(decoded) >= _DECODED_CACHE_SIZE:
+                    decoded.clear()
+                case = decoded[raw] = self._decoder.decode(raw)
             await self.auth.authorize(request, RETRIEVE_CASE, case, identity=identity)
             return web.Response(
                 body=b'{"status":200,"data":' + raw + self._count_suffix, content_type=_JSON

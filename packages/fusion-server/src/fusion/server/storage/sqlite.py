@@ -116,6 +116,8 @@ class SQLiteStorage(FusionStorage):
         self._all_cases: list[bytes] | None = None
         self._generation = 0
         self._data_version: int | None = None
+        # True from a data_version check to the end of that event-loop iteration.
+        self._checked = False
 
     # -- lifecycle ------------------------------------------------------------
     async def startup(self) -> None:
@@ -197,7 +199,11 @@ class SQLiteStorage(FusionStorage):
     async def _write(self, job: Callable[[sqlite3.Connection], _T]) -> _T:
         handles = self._started()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(handles.write_executor, job, handles.writer)
+        try:
+            return await loop.run_in_executor(handles.write_executor, job, handles.writer)
+        finally:
+            # Whatever this iteration's check saw, the next read looks again.
+            self._checked = False
 
     async def _read(self, job: Callable[[sqlite3.Connection], _T]) -> _T:
         handles = self._started()
@@ -217,7 +223,16 @@ class SQLiteStorage(FusionStorage):
         self._generation += 1
 
     def _check_fresh(self) -> None:
-        """Drop the cache when any other connection committed since the last check."""
+        """Drop the cache when any other connection committed since the last check.
+
+        Asked once per event-loop iteration: the reads of one iteration handle
+        requests whose bytes were all received before it began, so a check made
+        during it already sees every commit those requests can depend on (a
+        client that saw another replica's write answer sent its request after
+        that commit). Writes of this process force a new check.
+        """
+        if self._checked:
+            return
         try:
             rows = self._started().probe.execute("PRAGMA data_version").fetchall()
         except sqlite3.OperationalError:
@@ -229,6 +244,11 @@ class SQLiteStorage(FusionStorage):
         if version != self._data_version:
             self._data_version = version
             self._drop_cache()
+        self._checked = True
+        asyncio.get_running_loop().call_soon(self._end_check)
+
+    def _end_check(self) -> None:
+        self._checked = False
 
     def _remember_case(self, generation: int, case_guid: UUID, data: bytes) -> None:
         if generation != self._generation:
