@@ -9,9 +9,16 @@ from typing import NamedTuple
 
 import pytest
 from fusion_testing.redis import RedisServer
+from fusion_testing.services import free_port
 from fusion_testing.tcp_proxy import TcpProxy
 
-from fusion.helper.store import SharedStore, StoreMessage, StoreUnavailableError, create_store
+from fusion.helper.store import (
+    GetBatcher,
+    SharedStore,
+    StoreMessage,
+    StoreUnavailableError,
+    create_store,
+)
 
 
 # -- keys -------------------------------------------------------------------
@@ -531,3 +538,77 @@ async def test_redis_publish_not_sent_twice_when_its_reply_is_lost(
         assert len(await listener.history("news")) == (1 if history else 0)
     finally:
         await listener.close()
+
+
+# -- get_many and GetBatcher ------------------------------------------------------
+
+
+async def test_get_many_in_order(store: SharedStore) -> None:
+    await store.set("many:a", b"1")
+    await store.set("many:c", b"3", ttl=60)
+    assert await store.get_many(["many:a", "many:b", "many:c", "many:a"]) == [
+        b"1",
+        None,
+        b"3",
+        b"1",
+    ]
+    assert await store.get_many([]) == []
+
+
+class CountingStore:
+    """Counts the round trips a GetBatcher makes to a real store."""
+
+    def __init__(self, store: SharedStore) -> None:
+        self.store = store
+        self.calls: list[int] = []
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        self.calls.append(len(keys))
+        return await self.store.get_many(keys)
+
+
+async def test_batcher_shares_one_round_trip_per_iteration(store: SharedStore) -> None:
+    for index in range(0, 100, 2):
+        await store.set(f"batch:{index}", str(index).encode())
+    counting = CountingStore(store)
+    batcher = GetBatcher(counting)  # type: ignore[arg-type]
+    values = await asyncio.gather(*(batcher.get(f"batch:{index}") for index in range(100)))
+    assert values == [str(i).encode() if i % 2 == 0 else None for i in range(100)]
+    assert counting.calls == [100]
+    # The next iteration's reads go in a new batch, and see the store as it is now.
+    await store.set("batch:1", b"now")
+    assert await batcher.get("batch:1") == b"now"
+    assert counting.calls == [100, 1]
+
+
+async def test_batcher_caps_a_batch(store: SharedStore) -> None:
+    await store.set("cap:7", b"seven")
+    counting = CountingStore(store)
+    batcher = GetBatcher(counting, max_batch=16)  # type: ignore[arg-type]
+    values = await asyncio.gather(*(batcher.get(f"cap:{index % 10}") for index in range(40)))
+    assert values == [b"seven" if index % 10 == 7 else None for index in range(40)]
+    assert counting.calls == [16, 16, 8]
+
+
+async def test_batcher_gives_every_waiter_the_store_error() -> None:
+    store = create_store(f"redis://127.0.0.1:{free_port()}/0?socket_connect_timeout=0.5")
+    try:
+        batcher = GetBatcher(store)
+        results = await asyncio.gather(
+            *(batcher.get(f"down:{index}") for index in range(5)), return_exceptions=True
+        )
+    finally:
+        await store.close()
+    assert len(results) == 5
+    assert all(isinstance(result, StoreUnavailableError) for result in results), results
+
+
+async def test_cancelled_waiter_leaves_the_others_their_value(store: SharedStore) -> None:
+    await store.set("cancel:a", b"a")
+    batcher = GetBatcher(store)
+    first = asyncio.ensure_future(batcher.get("cancel:a"))
+    second = asyncio.ensure_future(batcher.get("cancel:a"))
+    first.cancel()
+    assert await second == b"a"
+    with pytest.raises(asyncio.CancelledError):
+        await first

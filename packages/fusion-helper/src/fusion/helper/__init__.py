@@ -85,6 +85,7 @@ if TYPE_CHECKING:
         to_builtins,
     )
     from fusion.helper.store import (
+        GetBatcher,
         SharedStore,
         StoreMessage,
         StoreUnavailableError,
@@ -175,6 +176,7 @@ _EXPORTS: dict[str, str] = {
     "dumps": "serializing",
     "loads": "serializing",
     "to_builtins": "serializing",
+    "GetBatcher": "store",
     "SharedStore": "store",
     "StoreMessage": "store",
     "StoreUnavailableError": "store",
@@ -223,6 +225,7 @@ __all__ = [
     "FusionHTTPError",
     "FusionNotifier",
     "FusionPubSub",
+    "GetBatcher",
     "IPNetwork",
     "JsonFormatter",
     "Loadable",

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import secrets
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -254,6 +254,8 @@ class RedisSubscription:
 class RedisStore(SharedStore):
     """:class:`~fusion.helper.store.SharedStore` on Redis (redis-py asyncio, one pool)."""
 
+    remote = True
+
     def __init__(self, url: str) -> None:
         self.url = url
         parts = urlsplit(url)
@@ -324,6 +326,16 @@ class RedisStore(SharedStore):
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
         return value
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        prefix = self.prefix
+        try:
+            values: list[bytes | None] = await self._redis.mget([prefix + key for key in keys])
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return values
 
     async def set(
         self, key: str, value: bytes, *, ttl: float | None = None, only_if_absent: bool = False

@@ -8,7 +8,7 @@ import secrets
 import msgspec
 
 from fusion.concept import Identity
-from fusion.helper.store import SharedStore
+from fusion.helper.store import GetBatcher, SharedStore
 from fusion.server.auth.config import SessionConfig
 
 __all__ = ["SessionManager"]
@@ -33,6 +33,8 @@ class SessionManager:
         self.store = store
         self.config = config
         self.prefix = prefix
+        # Concurrent loads of one loop iteration share one round trip (MGET).
+        self._read = GetBatcher(store).get if store.remote else store.get
         # session id -> (stored bytes, their Identity): the store is read on every
         # load (a logout anywhere is seen at once), the decoding skipped when the
         # bytes did not change.
@@ -55,7 +57,7 @@ class SessionManager:
         """The identity of a live session; None when unknown, expired or malformed."""
         if not self.valid_id(session_id):
             return None
-        raw = await self.store.get(self.prefix + session_id)
+        raw = await self._read(self.prefix + session_id)
         decoded = self._decoded
         if raw is None:
             decoded.pop(session_id, None)
