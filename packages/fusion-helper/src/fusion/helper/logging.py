@@ -44,19 +44,26 @@ def _unencodable(obj: Any) -> Any:
 _ENCODER = msgspec.json.Encoder(enc_hook=_unencodable)
 
 
-# (milliseconds since the epoch, its ISO text): lines written in a burst share it.
-_last_iso: tuple[int, str] = (-1, "")
+# (milliseconds since the epoch, ISO text, with "Z"): lines written in a burst share it.
+_last_iso: tuple[int, str, str] = (-1, "", "")
 
 
-def _iso_utc(created: float) -> str:
+def _iso_times(created: float) -> tuple[int, str, str]:
     global _last_iso  # a one-entry cache
     millis = round(created * 1_000_000) // 1000
     last = _last_iso
-    if last[0] == millis:
-        return last[1]
-    text = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
-    _last_iso = (millis, text)
-    return text
+    if last[0] != millis:
+        text = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        last = _last_iso = (millis, text, text.replace("+00:00", "Z"))
+    return last
+
+
+def _iso_utc(created: float) -> str:
+    return _iso_times(created)[1]
+
+
+def _iso_utc_z(created: float) -> str:
+    return _iso_times(created)[2]
 
 
 class FusionFormatter(logging.Formatter):
@@ -118,12 +125,12 @@ class TextFormatter(FusionFormatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        return _iso_utc(record.created).replace("+00:00", "Z")
+        return _iso_utc_z(record.created)
 
     def format_fields(
         self, created: float, levelname: str, name: str, message: str, extra: dict[str, Any]
     ) -> str:
-        return f"{_iso_utc(created).replace('+00:00', 'Z')} {levelname} {name}: {message}"
+        return f"{_iso_utc_z(created)} {levelname} {name}: {message}"
 
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

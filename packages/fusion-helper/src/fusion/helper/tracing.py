@@ -214,8 +214,28 @@ class AuditTrail:
         return record
 
 
+# id(UUID) -> (the UUID, its text): str(UUID) is pure Python, and a hot route
+# audits the same few cached cases over and over.
+_GUID_TEXTS: dict[int, tuple[UUID, str]] = {}
+
+
+def _guid_text(guid: UUID | str | None) -> str:
+    if guid is None:
+        return "-"
+    if isinstance(guid, str):
+        return guid
+    known = _GUID_TEXTS.get(id(guid))
+    if known is not None and known[0] is guid:
+        return known[1]
+    if len(_GUID_TEXTS) >= 4096:
+        _GUID_TEXTS.clear()
+    text = str(guid)
+    _GUID_TEXTS[id(guid)] = (guid, text)
+    return text
+
+
 def _message(entry: _Entry) -> str:
-    return f"granted {entry[2]} to {entry[1]} case={entry[3] or '-'} ip={entry[4] or '-'}"
+    return f"granted {entry[2]} to {entry[1]} case={_guid_text(entry[3])} ip={entry[4] or '-'}"
 
 
 def _audit_fields(entry: _Entry) -> dict[str, Any]:
@@ -226,7 +246,7 @@ def _audit_fields(entry: _Entry) -> dict[str, Any]:
         "who": entry[1],
         "action": entry[2],
         "granted": True,
-        "case_guid": None if case_guid is None else str(case_guid),
+        "case_guid": None if case_guid is None else _guid_text(case_guid),
         "client_ip": entry[4],
         "context": entry[5] or {},
     }

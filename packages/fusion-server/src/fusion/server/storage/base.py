@@ -81,6 +81,11 @@ class FusionStorage(ABC):
         case = await self.retrieve_case(case_guid)
         return None if case is None else case.to_json()
 
+    def cached_case_json(self, case_guid: UUID) -> bytes | None:
+        """The case's JSON when the storage can answer at once, fresh, without I/O;
+        None otherwise (then await :meth:`retrieve_case_json`). None by default."""
+        return None
+
     @abstractmethod
     async def update_case(self, case: Case) -> None:
         """Replace the whole stored case; :class:`CaseNotFoundError` when absent."""

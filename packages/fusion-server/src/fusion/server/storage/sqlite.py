@@ -272,6 +272,14 @@ class SQLiteStorage(FusionStorage):
 
         await self._write(job)
 
+    def cached_case_json(self, case_guid: UUID) -> bytes | None:
+        if self._handles is None:
+            return None
+        self._check_fresh()
+        data = self._cases.get(case_guid)
+        # The empty "missing" marker is a cached answer too, but "None" means "ask".
+        return data or None
+
     async def retrieve_case_json(self, case_guid: UUID) -> bytes | None:
         self._check_fresh()
         data = self._cases.get(case_guid)
