@@ -47,3 +47,19 @@ async def test_two_sessions_of_one_user_stay_apart(store: SharedStore) -> None:
     await sessions.revoke(first)
     assert await sessions.load(first) is None
     assert await sessions.load(second) == alice
+
+
+async def test_load_now_answers_only_for_in_process_stores(store: SharedStore) -> None:
+    sessions = SessionManager(store, SessionConfig())
+    alice = Identity(username="alice", groups={"dfir"})
+    session_id = await sessions.create(alice)
+    known, identity = sessions.load_now(session_id)
+    if store.remote:
+        assert (known, identity) == (False, None)  # Redis: await load()
+    else:
+        assert known
+        assert identity == alice
+        assert identity is await sessions.load(session_id)
+        await sessions.revoke(session_id)
+        assert sessions.load_now(session_id) == (True, None)
+    assert sessions.load_now("malformed") == (True, None)

@@ -198,15 +198,30 @@ class FusionAuthAPI:
                 return value
         return None
 
-    def known_caller(self, request: web.BaseRequest) -> Identity | None:
+    def known_caller(self, request: web.Request) -> Identity | None:
         """The caller's Identity when it is known without any I/O (an API key
-        already seen by this process); None otherwise: then await :meth:`authenticate`."""
-        token = request.headers.get(_API_TOKEN_HEADER)
-        if token is None:
+        already seen by this process, a session in a ``memory://`` store); None
+        otherwise, whatever the reason: then await :meth:`authenticate`."""
+        headers = request.headers
+        token = headers.get(_API_TOKEN_HEADER)
+        if token is not None:
+            identity = self._identity_of_key(token)
+            if identity is None or not identity.properties.get(_RECORDED):
+                return None
+            return identity
+        if "Authorization" in headers:
+            return None  # a bearer token: the backend decides
+        session_id = self._session_cookie(request)
+        if session_id is None:
             return None
-        identity = self._identity_of_key(token)
-        if identity is None or not identity.properties.get(_RECORDED):
+        # A store that must be awaited, and a dead session (401), go the awaited way.
+        _, identity = self.sessions.load_now(session_id)
+        if identity is None:
             return None
+        properties = identity.properties
+        properties[_SOURCE] = "session"
+        properties[_SESSION_ID] = session_id
+        request[_IDENTITY_KEY] = identity
         return identity
 
     async def authenticate(self, request: web.Request) -> Identity:

@@ -57,7 +57,19 @@ class SessionManager:
         """The identity of a live session; None when unknown, expired or malformed."""
         if not self.valid_id(session_id):
             return None
-        raw = await self._read(self.prefix + session_id)
+        return self._identity(session_id, await self._read(self.prefix + session_id))
+
+    def load_now(self, session_id: str) -> tuple[bool, Identity | None]:
+        """:meth:`load` without awaiting: ``(True, identity or None)`` when the
+        store answers at once (``memory://``), ``(False, None)`` when it cannot."""
+        if not self.valid_id(session_id):
+            return (True, None)
+        known, raw = self.store.peek(self.prefix + session_id)
+        if not known:
+            return (False, None)
+        return (True, self._identity(session_id, raw))
+
+    def _identity(self, session_id: str, raw: bytes | None) -> Identity | None:
         decoded = self._decoded
         if raw is None:
             decoded.pop(session_id, None)
