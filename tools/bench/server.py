@@ -24,6 +24,15 @@ from SQLite; nothing is cached across requests).
 
 Targets: API-key path >= 75 % of bare on both stores; session path >= 60 % on
 memory:// and >= 40 % on Redis.
+
+Where the time goes (py-spy on the server, API-key path, 2-core machine): the
+bare handler spends ~29 us per request, two thirds of it in aiohttp's parsing
+and in send(); fusion-server adds ~10 us inside the handler (authentication
+and the access check ~3 us, the audit line ~2.5 us including its share of
+the once-per-iteration write, the SQLite freshness check ~1 us, the envelope
+middleware and response ~2 us) and, being slower, pays more per send() as
+the load generator sleeps between answers. ``--log-level WARNING`` (no audit
+of granted reads) shows the audit's share.
 """
 
 from __future__ import annotations

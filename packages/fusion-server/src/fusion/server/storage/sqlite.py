@@ -15,9 +15,12 @@ Read cache, correct across processes
 Decoded reads are served from a dict of stored JSON bytes keyed by GUID.
 ``PRAGMA data_version`` on the probe connection changes whenever any *other*
 connection (the writer thread of this process, or any connection of another
-process sharing the file) has committed since the probe last asked, so each
-read asks first and drops the whole cache on a change. Measured on the
-reference 2-core machine (Python 3.11, WAL file on local disk):
+process sharing the file) has committed since the probe last asked, so reads
+ask first and drop the whole cache on a change. They ask once per event-loop
+iteration (see :meth:`SQLiteStorage._check_fresh`): every request handled in
+an iteration arrived before it began, so one check made during it sees every
+commit those requests can depend on. Measured on the reference 2-core
+machine (Python 3.11, WAL file on local disk):
 
 - ``PRAGMA data_version`` on the loop: about 2.5 us per call, reading only
   the WAL index in shared memory, no I/O;
