@@ -45,6 +45,12 @@ _FEDERATION = "federation"
 _RECORDED = "recorded"
 
 
+def _mark_session(identity: Identity, session_id: str) -> None:
+    properties = identity.properties
+    properties[_SOURCE] = "session"
+    properties[_SESSION_ID] = session_id
+
+
 class FusionAuthAPI:
     """The auth routes of PROTOCOL.md and the authorization every other API calls.
 
@@ -176,9 +182,7 @@ class FusionAuthAPI:
             identity = await self.sessions.load(session_id)
             if identity is None:
                 return None
-            properties = identity.properties
-            properties[_SOURCE] = "session"
-            properties[_SESSION_ID] = session_id
+            _mark_session(identity, session_id)
         request[_IDENTITY_KEY] = identity
         return identity
 
@@ -218,9 +222,7 @@ class FusionAuthAPI:
         _, identity = self.sessions.load_now(session_id)
         if identity is None:
             return None
-        properties = identity.properties
-        properties[_SOURCE] = "session"
-        properties[_SESSION_ID] = session_id
+        _mark_session(identity, session_id)
         request[_IDENTITY_KEY] = identity
         return identity
 
