@@ -45,9 +45,20 @@ class FusionAuthAPIClient:
             "POST", "/api/auth/login", json=body, concept_type=Identity
         )
 
-    async def login_code(self, code: str) -> Identity:
-        """Log in with an OIDC/Keycloak authorization code."""
-        body = {"data": {"code": code}}
+    async def login_code(
+        self, code: str, *, code_verifier: str | None = None, nonce: str | None = None
+    ) -> Identity:
+        """Log in with an OIDC/Keycloak authorization code.
+
+        ``code_verifier``: the PKCE verifier whose challenge started the flow;
+        ``nonce``: the one sent to the provider, checked against the ID token.
+        """
+        data = {"code": code}
+        if code_verifier is not None:
+            data["code_verifier"] = code_verifier
+        if nonce is not None:
+            data["nonce"] = nonce
+        body = {"data": data}
         return await self.client.request(
             "POST", "/api/auth/login", json=body, concept_type=Identity
         )
