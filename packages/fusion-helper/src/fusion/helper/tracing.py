@@ -38,15 +38,35 @@ class AuditRecord(msgspec.Struct, kw_only=True):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible fields (built by hand: this runs on every request)."""
-        return {
-            "time": self.time.isoformat(),
-            "who": self.who,
-            "action": self.action,
-            "granted": self.granted,
-            "case_guid": None if self.case_guid is None else str(self.case_guid),
-            "client_ip": self.client_ip,
-            "context": self.context,
-        }
+        return _audit_dict(
+            self.time,
+            self.who,
+            self.action,
+            self.granted,
+            self.case_guid,
+            self.client_ip,
+            self.context,
+        )
+
+
+def _audit_dict(
+    when: datetime,
+    who: str,
+    action: str,
+    granted: bool,
+    case_guid: UUID | str | None,
+    client_ip: str | None,
+    context: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "time": when.isoformat(),
+        "who": who,
+        "action": action,
+        "granted": granted,
+        "case_guid": None if case_guid is None else _guid_text(case_guid),
+        "client_ip": client_ip,
+        "context": context,
+    }
 
 
 def trace_user_op(
@@ -176,19 +196,17 @@ class AuditTrail:
                 self.logger.handle(self._record(entry))
             return
         name = self.logger.name
+        # Built once for every handler; the audit fields only when a format writes them.
+        messages = [_message(entry) for entry in pending]
+        uses_extra = any(_formatter(handler).uses_extra for handler in handlers)
+        extras = [{"audit": _audit_fields(entry)} if uses_extra else {} for entry in pending]
         for handler in handlers:
-            formatter = handler.formatter
-            assert isinstance(formatter, FusionFormatter)  # checked by _fast_handlers
-            terminator = handler.terminator
-            fields = formatter.format_fields
-            if formatter.uses_extra:
-                lines = [
-                    fields(entry[0], "INFO", name, _message(entry), {"audit": _audit_fields(entry)})
-                    for entry in pending
-                ]
-            else:
-                lines = [fields(entry[0], "INFO", name, _message(entry), {}) for entry in pending]
-            text = terminator.join(lines) + terminator
+            fields = _formatter(handler).format_fields
+            lines = [
+                fields(entry[0], "INFO", name, message, extra)
+                for entry, message, extra in zip(pending, messages, extras, strict=True)
+            ]
+            text = handler.terminator.join(lines) + handler.terminator
             handler.acquire()
             try:
                 handler.stream.write(text)
@@ -204,8 +222,8 @@ class AuditTrail:
             logging.INFO,
             "",
             0,
-            "%s %s to %s case=%s ip=%s",
-            ("granted", entry[2], entry[1], entry[3] or "-", entry[4] or "-"),
+            _message(entry),
+            (),  # no %-args: the message is final
             None,
             extra={"audit": _audit_fields(entry)},
         )
@@ -240,16 +258,14 @@ def _message(entry: _Entry) -> str:
 
 def _audit_fields(entry: _Entry) -> dict[str, Any]:
     # The fields of AuditRecord.to_dict(), without building the Struct.
-    case_guid = entry[3]
-    return {
-        "time": datetime.fromtimestamp(entry[0], UTC).isoformat(),
-        "who": entry[1],
-        "action": entry[2],
-        "granted": True,
-        "case_guid": None if case_guid is None else _guid_text(case_guid),
-        "client_ip": entry[4],
-        "context": entry[5] or {},
-    }
+    when = datetime.fromtimestamp(entry[0], UTC)
+    return _audit_dict(when, entry[1], entry[2], True, entry[3], entry[4], entry[5] or {})
+
+
+def _formatter(handler: logging.Handler) -> FusionFormatter:
+    formatter = handler.formatter
+    assert isinstance(formatter, FusionFormatter)  # checked by _fast_handlers
+    return formatter
 
 
 def _fast_handlers(logger: logging.Logger) -> list[logging.StreamHandler[Any]] | None:

@@ -335,13 +335,7 @@ class FusionAuthAPI:
     ) -> None:
         if reason is None:
             # The hottest line of every API: straight to the trail.
-            self.audit_trail.granted(
-                identity.username,
-                action.name,
-                case_guid=None if case is None else case.guid,
-                client_ip=client_ip(request, self.trusted_proxies),
-                context=action.context or None,
-            )
+            self._audit_granted(request, identity.username, action.name, case, action.context)
             return
         self.audit(request, identity, action, case, granted=False, reason=reason)
         raise FusionHTTPError(403, reason)
@@ -381,16 +375,33 @@ class FusionAuthAPI:
         if not AUDIT_LOGGER.isEnabledFor(logging.INFO if granted else logging.WARNING):
             return
         who = identity.username if identity is not None else "-"
-        case_guid = case.guid if case is not None else None
         if granted:
-            self.audit_trail.granted(
-                who, name, case_guid=case_guid, client_ip=self.client_ip(request), context=context
-            )
+            self._audit_granted(request, who, name, case, context)
             return
         if reason is not None:
             context = {**(context or {}), "reason": reason}
         self.audit_trail.denied(
-            who, name, case_guid=case_guid, client_ip=self.client_ip(request), context=context
+            who,
+            name,
+            case_guid=case.guid if case is not None else None,
+            client_ip=self.client_ip(request),
+            context=context,
+        )
+
+    def _audit_granted(
+        self,
+        request: web.BaseRequest,
+        who: str,
+        name: str,
+        case: Case | None,
+        context: dict[str, Any] | None,
+    ) -> None:
+        self.audit_trail.granted(
+            who,
+            name,
+            case_guid=None if case is None else case.guid,
+            client_ip=self.client_ip(request),
+            context=context or None,
         )
 
     # -- login throttling -----------------------------------------------------

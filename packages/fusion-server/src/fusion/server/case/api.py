@@ -253,7 +253,7 @@ class FusionCaseAPI(Generic[CaseT]):
             )
         identity = await auth.authenticate(request)
         case = await self._existing_case(case_guid)
-        await self.auth.authorize(request, RETRIEVE_CASE, case, identity=identity)
+        await auth.authorize(request, RETRIEVE_CASE, case, identity=identity)
         return json_response(case)
 
     async def update_case(self, request: web.Request) -> web.Response:
