@@ -44,7 +44,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,6 +56,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools" / "testing"))
 
+from fusion_testing.services import free_port, port_accepts, wait_until_ready  # noqa: E402
+
 API_KEY = "bench-robot-key-0123456789abcdef"
 USERNAME = "analyst"
 PASSWORD = "bench-password"  # noqa: S105 - the bench user's, in a throwaway config
@@ -68,24 +69,8 @@ TARGETS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode}: {process.args!r}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
+    wait_until_ready(process, lambda: port_accepts(port), name=f"port {port}", timeout=timeout)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -210,7 +195,7 @@ class FusionServerProcess:
     ) -> None:
         from fusion.server.auth.basic import hash_password
 
-        self.port = _free_port()
+        self.port = free_port()
         data_dir = workdir / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
         config = {
@@ -384,7 +369,7 @@ def main() -> int:
     all_results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="fusion-bench-") as tmp:
         workdir = Path(tmp)
-        bare_port = _free_port()
+        bare_port = free_port()
         for store in args.stores.split(","):
             if store == "memory":
                 all_results[store] = _measure_store(
