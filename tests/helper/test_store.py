@@ -142,6 +142,15 @@ async def test_incr_concurrent(store: SharedStore) -> None:
     assert sorted(results) == list(range(1, 101))
 
 
+async def test_incr_by_an_amount_and_give_back(store: SharedStore) -> None:
+    assert await store.incr("n", ttl=10, amount=3) == 3
+    assert await store.incr("n", ttl=10, amount=-1) == 2
+    # Giving back never creates a counter (nor a negative one).
+    assert await store.incr("absent", ttl=10, amount=-1) == 0
+    assert await store.get("absent") is None
+    assert await store.incr("absent", ttl=10) == 1
+
+
 # -- bounded sets -------------------------------------------------------------
 async def test_bounded_set_cap(store: SharedStore) -> None:
     for index in range(3):

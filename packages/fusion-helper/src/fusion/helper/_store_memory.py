@@ -210,15 +210,17 @@ class MemoryStore(SharedStore):
                 return True
         return False
 
-    async def incr(self, key: str, *, ttl: float) -> int:
+    async def incr(self, key: str, *, ttl: float, amount: int = 1) -> int:
         now = time.monotonic()
         self._sweep(now)
         entry = self._live(key, now)
         if entry is None:
-            self._values[key] = (b"1", now + ttl)
-            return 1
+            if amount < 0:
+                return 0
+            self._values[key] = (str(amount).encode(), now + ttl)
+            return amount
         try:
-            value = int(entry[0]) + 1
+            value = int(entry[0]) + amount
         except ValueError:
             raise ValueError(f"key {key!r} does not hold an integer") from None
         # A counter never outlives its window, even over a key stored without one.

@@ -63,7 +63,11 @@ _KEEPALIVE: dict[int, int] = {
 }
 
 _INCR = """
-local n = redis.call('INCR', KEYS[1])
+local amount = tonumber(ARGV[2])
+if amount < 0 and redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+local n = redis.call('INCRBY', KEYS[1], amount)
 if n == 1 or redis.call('PTTL', KEYS[1]) == -1 then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
 end
@@ -376,9 +380,9 @@ class RedisStore(SharedStore):
             raise self._unavailable(exc) from exc
         return bool(done)
 
-    async def incr(self, key: str, *, ttl: float) -> int:
+    async def incr(self, key: str, *, ttl: float, amount: int = 1) -> int:
         try:
-            value = await self._incr(keys=[self.prefix + key], args=[_millis(ttl)])
+            value = await self._incr(keys=[self.prefix + key], args=[_millis(ttl), amount])
         except ResponseError as exc:
             if "not an integer" in str(exc):
                 raise ValueError(f"key {key!r} does not hold an integer") from exc

@@ -89,8 +89,10 @@ class SharedStore(ABC):
         """Set a new time to live; False when the key does not exist."""
 
     @abstractmethod
-    async def incr(self, key: str, *, ttl: float) -> int:
-        """Increment a counter; ``ttl`` is set when the counter is created (fixed window)."""
+    async def incr(self, key: str, *, ttl: float, amount: int = 1) -> int:
+        """Add ``amount`` to a counter and return it; ``ttl`` is set when the counter
+        is created (fixed window). A negative ``amount`` (giving back a reservation)
+        never creates the counter: it answers 0 when there is none."""
 
     @abstractmethod
     async def ttl(self, key: str) -> float | None:
