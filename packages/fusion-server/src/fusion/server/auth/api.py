@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import math
 from collections.abc import AsyncIterator, Sequence
@@ -38,11 +39,19 @@ _LOGGER = logging.getLogger("fusion.server.auth")
 _IDENTITY_KEY = web.RequestKey("fusion_identity", Identity)
 _API_TOKEN_HEADER = "X-Fusion-API-Token"  # noqa: S105 - a header name
 _DEFAULT_MAX_BODY = 64 * 1024
+# The longest tried username an audit record keeps (usernames are attacker-chosen).
+_AUDIT_NAME_MAX = 128
+# Methods a cross-site page can send; a cookie alone must not carry their JSON bodies.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Properties kept on the Identity of a request (never serialised).
 _SOURCE = "source"
 _SESSION_ID = "session_id"
 _FEDERATION = "federation"
 _RECORDED = "recorded"
+
+
+def _capped(name: str) -> str:
+    return name if len(name) <= _AUDIT_NAME_MAX else name[:_AUDIT_NAME_MAX] + "..."
 
 
 def _mark_session(identity: Identity, session_id: str) -> None:
@@ -159,6 +168,7 @@ class FusionAuthAPI:
             # Hashing the key again is cheaper than caching it on the request.
             identity = self._identity_of_key(token)
             if identity is None:
+                self._audit_bad_key(request, token)
                 raise FusionHTTPError(401, "invalid API key")
             if not identity.properties.get(_RECORDED):
                 await self._record_identity(identity)
@@ -182,9 +192,21 @@ class FusionAuthAPI:
             identity = await self.sessions.load(session_id)
             if identity is None:
                 return None
+            _require_typed_body(request)
             _mark_session(identity, session_id)
         request[_IDENTITY_KEY] = identity
         return identity
+
+    def _audit_bad_key(self, request: web.BaseRequest, token: str) -> None:
+        # A prefix of the digest tells keys apart in the log without giving one away.
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+        self.audit(
+            request,
+            None,
+            Action("authenticate", context={"api_key_sha256_prefix": digest[:12]}),
+            granted=False,
+            reason="invalid API key",
+        )
 
     def _session_cookie(self, request: web.BaseRequest) -> str | None:
         """The session id in the Cookie header (None when absent or malformed).
@@ -222,6 +244,7 @@ class FusionAuthAPI:
         _, identity = self.sessions.load_now(session_id)
         if identity is None:
             return None
+        _require_typed_body(request)
         _mark_session(identity, session_id)
         request[_IDENTITY_KEY] = identity
         return identity
@@ -357,7 +380,7 @@ class FusionAuthAPI:
     def audit(
         self,
         request: web.BaseRequest,
-        identity: Identity | None,
+        identity: Identity | str | None,
         action: Action | str,
         case: Case | None = None,
         *,
@@ -365,6 +388,8 @@ class FusionAuthAPI:
         reason: str | None = None,
     ) -> None:
         """Write one audit record: who, what, which case, from where, and the outcome.
+
+        ``identity`` is the caller, or the name a refused caller tried (a login).
 
         Granted decisions are written in batches, at the end of the event-loop
         iteration (see :class:`~fusion.helper.tracing.AuditTrail`); refusals at once.
@@ -374,7 +399,12 @@ class FusionAuthAPI:
         # Skipped whole when nobody listens: this runs on every authorized request.
         if not AUDIT_LOGGER.isEnabledFor(logging.INFO if granted else logging.WARNING):
             return
-        who = identity.username if identity is not None else "-"
+        if identity is None:
+            who = "-"
+        elif isinstance(identity, str):
+            who = _capped(identity) or "-"
+        else:
+            who = identity.username
         if granted:
             self._audit_granted(request, who, name, case, context)
             return
@@ -413,14 +443,25 @@ class FusionAuthAPI:
             keys.append("fusion:throttle:user:" + digest)
         return keys
 
-    async def _check_throttle(self, username: str | None, ip: str) -> None:
+    async def _reserve_attempt(self, username: str | None, ip: str) -> list[str]:
+        """Count a login attempt as a failure *before* its credentials are checked.
+
+        Each counter is incremented atomically in the shared store, so however
+        many attempts arrive at once, on however many replicas, at most the
+        limit of them is ever verified per window; the others get 429 without
+        any verification. What an attempt that did not fail reserved is given
+        back by :meth:`_release_attempt`. Returns the keys reserved.
+        """
         throttle = self.config.throttle
         if not throttle.enabled:
-            return
-        limits = [throttle.max_failures_per_ip, throttle.max_failures_per_username]
-        for key, limit in zip(self._throttle_keys(username, ip), limits, strict=False):
-            raw = await self.store.get(key)
-            if raw is not None and int(raw) >= limit:
+            return []
+        keys = self._throttle_keys(username, ip)
+        limits = (throttle.max_failures_per_ip, throttle.max_failures_per_username)
+        for index, (key, limit) in enumerate(zip(keys, limits, strict=False)):
+            if await self.store.incr(key, ttl=throttle.window) > limit:
+                # Only verified attempts count: what the earlier keys reserved goes back.
+                for reserved in keys[:index]:
+                    await self.store.incr(reserved, ttl=throttle.window, amount=-1)
                 left = await self.store.ttl(key)
                 retry_after = max(1, math.ceil(left if left is not None else throttle.window))
                 raise FusionHTTPError(
@@ -428,16 +469,46 @@ class FusionAuthAPI:
                     "too many failed logins: try again later",
                     headers={"Retry-After": str(retry_after)},
                 )
+        return keys
 
-    async def _count_failure(self, username: str | None, ip: str) -> None:
-        throttle = self.config.throttle
-        if not throttle.enabled:
+    async def _release_attempt(self, keys: list[str], *, succeeded: bool) -> None:
+        """Give back what :meth:`_reserve_attempt` counted for an attempt that did not fail.
+
+        A successful login also clears its username's failures.
+        """
+        if not keys:
             return
-        for key in self._throttle_keys(username, ip):
-            await self.store.incr(key, ttl=throttle.window)
+        await self.store.incr(keys[0], ttl=self.config.throttle.window, amount=-1)
+        for key in keys[1:]:
+            if succeeded:
+                await self.store.delete(key)
+            else:
+                await self.store.incr(key, ttl=self.config.throttle.window, amount=-1)
 
     # -- routes ---------------------------------------------------------------
-    def _set_session_cookie(self, response: web.StreamResponse, session_id: str) -> None:
+    def _came_over_https(self, request: web.BaseRequest) -> bool:
+        """Whether the client reached us over HTTPS, directly or through a trusted
+        proxy that says so in ``X-Forwarded-Proto``."""
+        if request.secure:
+            return True
+        proto = request.headers.get("X-Forwarded-Proto")
+        if proto is None or not self.trusted_proxies:
+            return False
+        try:
+            peer = ipaddress.ip_address(request.remote or "")
+        except ValueError:
+            return False
+        if not any(peer in network for network in self.trusted_proxies):
+            return False
+        # The proxy nearest to us appends last.
+        return proto.rpartition(",")[2].strip().lower() == "https"
+
+    def _cookie_secure(self, request: web.BaseRequest) -> bool:
+        return self.config.session.secure or self._came_over_https(request)
+
+    def _set_session_cookie(
+        self, request: web.BaseRequest, response: web.StreamResponse, session_id: str
+    ) -> None:
         session = self.config.session
         response.set_cookie(
             session.cookie_name,
@@ -445,7 +516,7 @@ class FusionAuthAPI:
             domain=session.domain,
             path=session.path,
             max_age=session.max_age,
-            secure=session.secure,
+            secure=self._cookie_secure(request),
             httponly=session.httponly,
             samesite=session.samesite,
         )
@@ -459,33 +530,32 @@ class FusionAuthAPI:
         if not isinstance(data, dict):
             raise FusionHTTPError(400, 'login body must be {"data": {...}}')
         username = self.backend.login_username(data)
-        ip = self.client_ip(request)
-        await self._check_throttle(username, ip)
+        tried = data.get("username")
+        tried = tried if isinstance(tried, str) else None
+        try:
+            reserved = await self._reserve_attempt(username, self.client_ip(request))
+        except FusionHTTPError:
+            self.audit(request, tried, "login", granted=False, reason="too many failed logins")
+            raise
         try:
             identity = await self.backend.login(data)
         except LoginBodyError as exc:
+            await self._release_attempt(reserved, succeeded=False)
             raise FusionHTTPError(400, str(exc)) from None
         except BackendUnavailableError as exc:
+            await self._release_attempt(reserved, succeeded=False)
             _LOGGER.warning("authentication backend unavailable: %s", exc)
             raise FusionHTTPError(503, "authentication backend unavailable") from None
         if identity is None:
-            await self._count_failure(username, ip)
-            self.audit(
-                request,
-                None,
-                Action("login", context={"username": username}),
-                granted=False,
-                reason="login refused",
-            )
+            self.audit(request, tried, "login", granted=False, reason="login refused")
             raise FusionHTTPError(400, "login refused")
-        if username is not None and self.config.throttle.enabled:
-            await self.store.delete(self._throttle_keys(username, ip)[1])
+        await self._release_attempt(reserved, succeeded=True)
         # Always a fresh id: a session id planted before login is worthless.
         session_id = await self.sessions.create(identity, replaces=self._session_cookie(request))
         await self._record_identity(identity)
         self.audit(request, identity, "login", granted=True)
         response = json_response(identity)
-        self._set_session_cookie(response, session_id)
+        self._set_session_cookie(request, response, session_id)
         return response
 
     async def logout(self, request: web.Request) -> web.Response:
@@ -502,7 +572,7 @@ class FusionAuthAPI:
             session.cookie_name,
             domain=session.domain,
             path=session.path,
-            secure=session.secure,
+            secure=self._cookie_secure(request),
             httponly=session.httponly,
             samesite=session.samesite,
         )
@@ -522,3 +592,21 @@ class FusionAuthAPI:
         """``GET /api/auth/identities``: every identity seen so far."""
         await self.authenticate(request)
         return json_response(await self.storage.enumerate_identities())
+
+
+def _require_typed_body(request: web.BaseRequest) -> None:
+    """Refuse a body without a Content-Type on a change authenticated by a cookie.
+
+    Scripts may send bare JSON bodies with an API key, but a browser lets a
+    cross-site page send a body without a type (or with ``text/plain``) and
+    the user's cookie without a CORS preflight; ``application/json`` always
+    needs one. So with a session cookie, a body must say what it is.
+    """
+    if (
+        request.method not in _SAFE_METHODS
+        and request.body_exists
+        and not request.headers.get("Content-Type")
+    ):
+        raise FusionHTTPError(
+            415, "a request authenticated by a session cookie must send its body's Content-Type"
+        )

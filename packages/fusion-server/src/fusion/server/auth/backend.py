@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -14,6 +15,8 @@ __all__ = [
     "FusionAuthBackend",
     "FusionAuthBackendConfig",
     "LoginBodyError",
+    "has_control_characters",
+    "normalise_username",
 ]
 
 
@@ -74,10 +77,27 @@ class FusionAuthBackend(ABC):
         return None
 
     def login_username(self, data: dict[str, Any]) -> str | None:
-        """Username a login body claims, used to throttle failures per username."""
+        """Username a login body claims, used to throttle failures per username.
+
+        Normalised (:func:`normalise_username`) so that spellings a directory
+        takes for one account share one throttle.
+        """
         username = data.get("username")
-        return username if isinstance(username, str) else None
+        return normalise_username(username) if isinstance(username, str) else None
 
     @abstractmethod
     def info(self) -> AuthInfo:
         """What ``GET /api/auth/config`` reports: never anything secret."""
+
+
+def normalise_username(username: str) -> str:
+    """One spelling for the names a directory matches as equal: NFKC (full-width
+    letters), case folded, surrounding space removed and inner runs of
+    whitespace collapsed (LDAP's insignificant-space handling)."""
+    return " ".join(unicodedata.normalize("NFKC", username).casefold().split())
+
+
+def has_control_characters(text: str) -> bool:
+    """True when ``text`` holds a control, format (bidi, zero-width), surrogate,
+    private-use or unassigned character: none belongs in a username."""
+    return any(unicodedata.category(char)[0] == "C" for char in text)
