@@ -39,16 +39,16 @@ class Action:
 def can_access_case(identity: Identity, case: Case) -> Access | None:
     """Access of ``identity`` to ``case`` (None: it may not see the case at all).
 
-    A case with empty ``acs`` and ``acs_ro`` is open to every authenticated
-    caller; otherwise ``acs`` grants change, ``acs_ro`` grants read.
+    The older servers' rule, never more permissive: a caller in ``acs_ro`` may
+    only read, even when it is in ``acs`` too (so an operator demotes one member
+    of a group by listing that member in ``acs_ro``); otherwise it may change the
+    case when ``acs`` is empty or the caller is in it; otherwise no access.
     """
-    if not case.acs and not case.acs_ro:
-        return Access.CHANGE
     acs = identity.acs
-    if not acs.isdisjoint(case.acs):
-        return Access.CHANGE
     if not acs.isdisjoint(case.acs_ro):
         return Access.READ
+    if not case.acs or not acs.isdisjoint(case.acs):
+        return Access.CHANGE
     return None
 
 
