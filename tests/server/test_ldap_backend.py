@@ -229,8 +229,9 @@ async def test_username_attribute_gives_the_directory_spelling(
     backend = backend_of(search_config(slapd_server, username_attribute="uid"))
     # uid matching is case-insensitive: the identity keeps one spelling
     assert await login(backend, "ALICE", "alice-secret") == ("alice", {"analysts", "admins"})
+    # Without username_attribute: the attribute user_filter matches the name on.
     plain = backend_of(search_config(slapd_server))
-    assert await login(plain, "ALICE", "alice-secret") == ("ALICE", {"analysts", "admins"})
+    assert await login(plain, "ALICE", "alice-secret") == ("alice", {"analysts", "admins"})
 
 
 async def test_service_account_refused_is_unavailable(

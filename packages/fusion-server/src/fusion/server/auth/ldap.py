@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import re
 import ssl
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
@@ -16,9 +18,15 @@ from fusion.server.auth.backend import (
     FusionAuthBackend,
     FusionAuthBackendConfig,
     LoginBodyError,
+    has_control_characters,
+    normalise_username,
 )
 
 __all__ = ["LDAPBackend", "LDAPBackendConfig"]
+
+_LOGGER = logging.getLogger("fusion.server.auth.ldap")
+# "(uid={username})" or "uid={username},ou=people,...": the attribute the login name is matched on.
+_MATCHED_ATTRIBUTE = re.compile(r"(?:^|\()\s*([A-Za-z][A-Za-z0-9-]*)\s*=\s*\{username\}")
 
 # Matches a user in any of the three common group shapes; {dn} and {username}
 # are replaced by escaped values.
@@ -56,7 +64,11 @@ class LDAPBackendConfig(FusionAuthBackendConfig, tag="ldap", kw_only=True):
     user_dn_template: str | None = None
     """DN of the user (mode direct), e.g. ``uid={username},ou=people,dc=example,dc=org``."""
     username_attribute: str | None = None
-    """Attribute giving the Identity's username (the login name when None)."""
+    """Attribute of the entry that names the Identity, read back from the directory
+    (a directory matches ``Bob``, `` bob`` and its full-width spelling as ``bob``: the
+    Identity is always named by the entry's own value). When None: the attribute
+    the login name is matched on in ``user_filter`` (search) or ``user_dn_template``
+    (direct), e.g. ``uid``."""
     group_source: Literal["none", "member_of", "search"] = "member_of"
     member_of_attribute: str = "memberOf"
     group_base: str | None = None
@@ -98,6 +110,20 @@ class LDAPBackendConfig(FusionAuthBackendConfig, tag="ldap", kw_only=True):
             raise ValueError("timeouts must be positive")
         if self.max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if self.identity_attribute is None:
+            raise ValueError(
+                "username_attribute is needed: no `attribute={username}` in "
+                + ("user_filter" if self.mode == "search" else "user_dn_template")
+            )
+
+    @property
+    def identity_attribute(self) -> str | None:
+        """The attribute that names the Identity (see ``username_attribute``)."""
+        if self.username_attribute:
+            return self.username_attribute
+        template = self.user_filter if self.mode == "search" else self.user_dn_template
+        found = _MATCHED_ATTRIBUTE.search(template or "")
+        return found.group(1) if found else None
 
     def build(self) -> LDAPBackend:
         return LDAPBackend(self)
@@ -186,7 +212,7 @@ class LDAPBackend(FusionAuthBackend):
             raise LoginBodyError('ldap login needs {"username": str, "password": str}')
         # An empty password is an anonymous (unauthenticated) bind that many
         # directories accept: refuse it before talking to the directory.
-        if not username or not password or "\x00" in username:
+        if not username or not password or has_control_characters(username):
             return None
         executor = self._ensure_ready()
         loop = asyncio.get_running_loop()
@@ -294,12 +320,16 @@ class LDAPBackend(FusionAuthBackend):
                 service.unbind()
         if config.allowed_groups and not groups.intersection(config.allowed_groups):
             return None
-        name = username
-        if config.username_attribute:
-            values = user_attributes.get(config.username_attribute.lower()) or []
-            if not values:
-                return None
-            name = values[0]
+        attribute = config.identity_attribute or ""
+        values = user_attributes.get(attribute.lower()) or []
+        # Of several values, the one the login name spells (uid: alice, uid: a.smith).
+        wanted = normalise_username(username)
+        name = next((value for value in values if normalise_username(value) == wanted), None)
+        if name is None:
+            name = values[0] if values else ""
+        if not name or has_control_characters(name):
+            _LOGGER.warning("LDAP entry %s has no usable %s value", user_dn, attribute)
+            return None
         return Identity(username=name, groups=groups)
 
     def _wanted_attributes(self) -> list[str]:
@@ -307,8 +337,7 @@ class LDAPBackend(FusionAuthBackend):
         wanted = []
         if config.group_source == "member_of":
             wanted.append(config.member_of_attribute)
-        if config.username_attribute:
-            wanted.append(config.username_attribute)
+        wanted.append(config.identity_attribute or "")
         return wanted
 
     def _groups(
