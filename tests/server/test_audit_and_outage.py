@@ -48,7 +48,7 @@ async def test_every_decision_is_audited(
     audits = _audits(caplog)
     summary = [(a["who"], a["action"], a["granted"], a["case_guid"]) for a in audits]
     assert summary == [
-        ("-", "login", False, None),
+        ("alice", "login", False, None),
         ("alice", "login", True, None),
         ("robot", "create_case", True, None),
         ("robot", "retrieve_case", True, case_guid),
@@ -56,7 +56,7 @@ async def test_every_decision_is_audited(
         ("alice", "delete_case", False, case_guid),
     ]
     assert all(a["client_ip"] == "127.0.0.1" for a in audits)
-    assert audits[0]["context"] == {"username": "alice", "reason": "login refused"}
+    assert audits[0]["context"] == {"reason": "login refused"}
     assert audits[4]["context"] == {"reason": "access to this case denied"}
     refused = [r for r in caplog.records if r.name == "fusion.audit" and not r.audit["granted"]]  # type: ignore[attr-defined]
     assert {record.levelno for record in refused} == {logging.WARNING}

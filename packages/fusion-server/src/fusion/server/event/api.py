@@ -20,6 +20,7 @@ from fusion.server.appkeys import AUTH, EVENTS, PUBSUB, STORAGE, STORE
 from fusion.server.auth.access import Action
 from fusion.server.event.config import FusionEventConfig
 from fusion.server.event.watchers import CaseWatchers
+from fusion.server.event.webhook_url import url_under_prefix
 
 __all__ = [
     "SUBSCRIBE_EVENTS",
@@ -165,8 +166,9 @@ class FusionEventAPI:
 
     # -- services' side ----------------------------------------------------------
     def webhook_allowed(self, url: str) -> bool:
-        """True when ``url`` is under one of the configured prefixes."""
-        return any(url.startswith(prefix) for prefix in self.config.webhook_prefixes)
+        """True when ``url`` is under one of the configured prefixes (normalised:
+        see :func:`~fusion.server.event.webhook_url.url_under_prefix`)."""
+        return any(url_under_prefix(url, prefix) for prefix in self.config.webhook_prefixes)
 
     def check_webhooks(self, urls: list[str]) -> None:
         """Raise :class:`WebhookNotAllowedError` for a URL outside the allowed prefixes.
