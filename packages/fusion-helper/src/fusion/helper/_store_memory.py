@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from fusion.helper.store import SharedStore, StoreMessage, message_id_key
+from fusion.helper.store import SharedStore, StoreMessage, history_cut, message_id_key
 
 __all__ = ["MemoryStore", "MemorySubscription"]
 
@@ -24,23 +24,6 @@ _LOGGER = logging.getLogger(__name__)
 # Expired entries are dropped when read; a full sweep at most this often
 # keeps keys that are never read again (abandoned sessions) from piling up.
 _SWEEP_INTERVAL = 30.0
-
-
-_MAX_ID_PART = 2**64 - 1
-
-
-def history_cut(after_id: str | None) -> tuple[int, int] | None:
-    """The ``(milliseconds, sequence)`` after which history is wanted, None for all.
-
-    A malformed or out-of-range id (a client's garbage ``Last-Event-ID``)
-    means "everything kept", never an error.
-    """
-    if after_id is None:
-        return None
-    cut = message_id_key(after_id)
-    if cut[0] < 0 or cut[1] < 0 or cut[0] > _MAX_ID_PART or cut[1] > _MAX_ID_PART:
-        return None
-    return cut
 
 
 @dataclass(slots=True)

@@ -23,9 +23,9 @@ import asyncio
 import logging
 import secrets
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import ConnectionPool, Redis
@@ -34,12 +34,12 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
-from fusion.helper._store_memory import history_cut
-from fusion.helper.store import SharedStore, StoreMessage, StoreUnavailableError
+from fusion.helper.store import SharedStore, StoreMessage, StoreUnavailableError, history_cut
 
 __all__ = ["RedisStore", "RedisSubscription"]
 
 _LOGGER = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 DEFAULT_PREFIX = "fusion:"
 # A refused connection fails at once; these bound a Redis that hangs.
@@ -313,6 +313,14 @@ class RedisStore(SharedStore):
     def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
         return StoreUnavailableError(f"redis shared store {self._where} unavailable: {exc}")
 
+    async def _call(self, command: Awaitable[_T]) -> _T:
+        """Await one Redis command: any failure of Redis or of the connection
+        is a :class:`StoreUnavailableError` naming the store."""
+        try:
+            return await command
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
     def _pubsub_client(self) -> Redis:
         # Pub/sub connections live in a pool of their own without retries: a
         # lost subscription must surface, not be silently resubscribed.
@@ -325,20 +333,16 @@ class RedisStore(SharedStore):
 
     # -- keys ---------------------------------------------------------------
     async def get(self, key: str) -> bytes | None:
-        try:
-            value: bytes | None = await self._redis.get(self.prefix + key)
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+        value: bytes | None = await self._call(self._redis.get(self.prefix + key))
         return value
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
         prefix = self.prefix
-        try:
-            values: list[bytes | None] = await self._redis.mget([prefix + key for key in keys])
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+        values: list[bytes | None] = await self._call(
+            self._redis.mget([prefix + key for key in keys])
+        )
         return values
 
     async def set(
@@ -346,80 +350,59 @@ class RedisStore(SharedStore):
     ) -> bool:
         # SET NX is not idempotent: a retry would answer False for a key the first try set.
         client = self._redis_once if only_if_absent else self._redis
-        try:
-            done = await client.set(
+        done = await self._call(
+            client.set(
                 self.prefix + key,
                 value,
                 px=None if ttl is None else _millis(ttl),
                 nx=only_if_absent,
             )
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+        )
         return bool(done)
 
     async def pop(self, key: str) -> bytes | None:
-        try:
-            value: bytes | None = await self._redis_once.getdel(self.prefix + key)
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+        value: bytes | None = await self._call(self._redis_once.getdel(self.prefix + key))
         return value
 
     async def delete(self, *keys: str) -> int:
         if not keys:
             return 0
-        try:
-            count: int = await self._redis_once.delete(*(self.prefix + key for key in keys))
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+        count: int = await self._call(self._redis_once.delete(*(self.prefix + key for key in keys)))
         return count
 
     async def expire(self, key: str, ttl: float) -> bool:
-        try:
-            done = await self._redis.pexpire(self.prefix + key, _millis(ttl))
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+        done = await self._call(self._redis.pexpire(self.prefix + key, _millis(ttl)))
         return bool(done)
 
     async def incr(self, key: str, *, ttl: float, amount: int = 1) -> int:
         try:
-            value = await self._incr(keys=[self.prefix + key], args=[_millis(ttl), amount])
-        except ResponseError as exc:
-            if "not an integer" in str(exc):
-                raise ValueError(f"key {key!r} does not hold an integer") from exc
-            raise self._unavailable(exc) from exc
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+            value = await self._call(
+                self._incr(keys=[self.prefix + key], args=[_millis(ttl), amount])
+            )
+        except StoreUnavailableError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ResponseError) and "not an integer" in str(cause):
+                raise ValueError(f"key {key!r} does not hold an integer") from cause
+            raise
         return int(value)
 
     async def ttl(self, key: str) -> float | None:
-        try:
-            left: int = await self._redis.pttl(self.prefix + key)
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+        left: int = await self._call(self._redis.pttl(self.prefix + key))
         return None if left < 0 else left / 1000
 
     # -- bounded sets -------------------------------------------------------
     async def bounded_add(self, key: str, member: str, *, ttl: float, cap: int) -> bool:
-        try:
-            added = await self._bounded_add(
-                keys=[self.prefix + key], args=[member, _millis(ttl), cap]
-            )
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+        added = await self._call(
+            self._bounded_add(keys=[self.prefix + key], args=[member, _millis(ttl), cap])
+        )
         return bool(added)
 
     async def bounded_remove(self, key: str, member: str) -> bool:
-        try:
-            removed = await self._bounded_remove(keys=[self.prefix + key], args=[member])
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+        removed = await self._call(self._bounded_remove(keys=[self.prefix + key], args=[member]))
         return bool(removed)
 
     async def bounded_count(self, key: str) -> int:
-        try:
-            count = await self._bounded_count(keys=[self.prefix + key])
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+        count = await self._call(self._bounded_count(keys=[self.prefix + key]))
         return int(count)
 
     # -- pub/sub and history ------------------------------------------------
@@ -431,11 +414,11 @@ class RedisStore(SharedStore):
         history: int = 0,
         history_ttl: float | None = None,
     ) -> str | None:
-        try:
-            if history <= 0:
-                await self._redis_once.publish(self.prefix + channel, b" " + data)
-                return None
-            message_id = await self._publish_with_history(
+        if history <= 0:
+            await self._call(self._redis_once.publish(self.prefix + channel, b" " + data))
+            return None
+        message_id = await self._call(
+            self._publish_with_history(
                 keys=[self.prefix + "history:" + channel],
                 args=[
                     self.prefix + channel,
@@ -444,8 +427,7 @@ class RedisStore(SharedStore):
                     0 if history_ttl is None else _millis(history_ttl),
                 ],
             )
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+        )
         return message_id.decode() if isinstance(message_id, bytes) else str(message_id)
 
     @asynccontextmanager
@@ -463,12 +445,14 @@ class RedisStore(SharedStore):
         cut = history_cut(after_id)
         start = "-" if cut is None else f"({cut[0]}-{cut[1]}"
         try:
-            entries = await self._redis.xrange(self.prefix + "history:" + channel, start, "+")
-        except ResponseError:
-            # An exclusive start past the largest possible id: nothing is newer.
-            return []
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+            entries = await self._call(
+                self._redis.xrange(self.prefix + "history:" + channel, start, "+")
+            )
+        except StoreUnavailableError as exc:
+            if isinstance(exc.__cause__, ResponseError):
+                # An exclusive start past the largest possible id: nothing is newer.
+                return []
+            raise
         return [StoreMessage(entry_id.decode(), fields[b"d"]) for entry_id, fields in entries]
 
     # -- locks and life cycle -------------------------------------------------
@@ -487,12 +471,11 @@ class RedisStore(SharedStore):
         loop = asyncio.get_running_loop()
         deadline = None if blocking_timeout is None else loop.time() + blocking_timeout
         while True:
-            try:
-                acquired = await self._lock_acquire(keys=[key], args=[token, _millis(timeout)])
-            except (RedisError, OSError) as exc:
-                # Had a first try run before the connection broke, the lock
-                # is ours until its lease ends: nothing else can tell.
-                raise self._unavailable(exc) from exc
+            # Had a first try run before the connection broke, the lock is
+            # ours until its lease ends: nothing else can tell.
+            acquired = await self._call(
+                self._lock_acquire(keys=[key], args=[token, _millis(timeout)])
+            )
             if acquired:
                 break
             left = None if deadline is None else deadline - loop.time()
@@ -503,10 +486,10 @@ class RedisStore(SharedStore):
             yield
         finally:
             try:
-                released = await self._lock_release(keys=[key], args=[token])
-            except (RedisError, OSError) as exc:
+                released = await self._call(self._lock_release(keys=[key], args=[token]))
+            except StoreUnavailableError as exc:
                 # The lock expires by itself after ``timeout``.
-                _LOGGER.warning("lock %r not released: %s", name, self._unavailable(exc))
+                _LOGGER.warning("lock %r not released: %s", name, exc)
             else:
                 if released != 1:
                     _LOGGER.warning(
@@ -514,10 +497,7 @@ class RedisStore(SharedStore):
                     )
 
     async def ping(self) -> None:
-        try:
-            await self._redis.execute_command("PING")  # type: ignore[no-untyped-call]
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+        await self._call(self._redis.execute_command("PING"))  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         for subscription in list(self._subscriptions):

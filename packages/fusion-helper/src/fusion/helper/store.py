@@ -23,6 +23,7 @@ __all__ = [
     "StoreMessage",
     "StoreUnavailableError",
     "create_store",
+    "history_cut",
     "message_id_key",
 ]
 
@@ -45,6 +46,24 @@ def message_id_key(message_id: str) -> tuple[int, int]:
         return (int(head), int(tail or 0))
     except ValueError:
         return (-1, -1)
+
+
+# Redis stream ids are two unsigned 64-bit numbers.
+_MAX_ID_PART = 2**64 - 1
+
+
+def history_cut(after_id: str | None) -> tuple[int, int] | None:
+    """The ``(milliseconds, sequence)`` after which history is wanted, None for all.
+
+    A malformed or out-of-range id (a client's garbage ``Last-Event-ID``)
+    means "everything kept", never an error.
+    """
+    if after_id is None:
+        return None
+    cut = message_id_key(after_id)
+    if cut[0] < 0 or cut[1] < 0 or cut[0] > _MAX_ID_PART or cut[1] > _MAX_ID_PART:
+        return None
+    return cut
 
 
 class SharedStore(ABC):
