@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 from uuid import UUID
 
 from aiohttp import web
 
-from fusion.concept import Case, ConceptError, Identity, json_decoder
+from fusion.concept import Case, ConceptError, Identity
 from fusion.helper.aiohttp import FusionHTTPError, get_guid, json_response, read_concept, read_json
 from fusion.server.appkeys import AUTH, CONSTANT, EVENTS, STORAGE, CaseEventSink
 from fusion.server.auth.access import Action
 from fusion.server.auth.api import FusionAuthAPI
 from fusion.server.case.config import FusionCaseAPIConfig
 from fusion.server.event.api import FusionEventAPI, WebhookNotAllowedError
-from fusion.server.storage import CaseExistsError, CaseNotFoundError, FusionStorage
+from fusion.server.storage import (
+    CaseConflictError,
+    CaseExistsError,
+    CaseNotFoundError,
+    FusionStorage,
+    VersionedCase,
+)
 
 __all__ = [
     "ATTACH_CASE",
@@ -32,6 +40,7 @@ __all__ = [
 _LOGGER = logging.getLogger("fusion.server.case")
 
 CaseT = TypeVar("CaseT", bound=Case)
+_R = TypeVar("_R")
 
 ENUMERATE_CASES = Action("enumerate_cases")
 CREATE_CASE = Action("create_case", change=True)
@@ -41,12 +50,29 @@ DELETE_CASE = Action("delete_case", change=True, delete=True)
 ATTACH_CASE = Action("attach_case", change=True, federation=True)
 
 _DEFAULT_MAX_BODY = 1024 * 1024
-_JSON = "application/json"
 # Valid GUIDs of recent requests: uuid.UUID() costs microseconds of pure
 # Python on the hottest route. Bounded, and cleared when full.
 _GUID_CACHE: dict[str, UUID] = {}
 _GUID_CACHE_SIZE = 4096
-_DECODED_CACHE_SIZE = 1024
+
+
+def etag(version: int) -> str:
+    """The strong ETag of a case at ``version``, as sent (quotes included)."""
+    return f'"{version:d}"'
+
+
+def _check_if_match(request: web.Request, case_guid: UUID, version: int) -> None:
+    """412 when the request carries an If-Match that the stored version does not match."""
+    tags = request.if_match
+    if tags is None:
+        return
+    value = str(version)
+    # Strong comparison (RFC 9110 13.1.1): a weak tag never matches.
+    if any(tag.value == "*" or (not tag.is_weak and tag.value == value) for tag in tags):
+        return
+    raise FusionHTTPError(
+        412, f"case {case_guid} is at ETag {etag(version)}, not {request.headers['If-Match']}"
+    )
 
 
 def _case_guid(request: web.Request) -> UUID:
@@ -67,6 +93,14 @@ class FusionCaseAPI(Generic[CaseT]):
     A service overrides the ``*_impl`` hooks to add its own logic (create
     working directories, refuse some updates...) and :meth:`check_webhook_url`
     to restrict webhooks. Authorization, validation and events stay here.
+
+    Update and delete are a compare-and-swap on the case's stored version:
+    read the case and its version, authorize on what was read, change it,
+    write it only if the stored version has not moved on. On a conflict the
+    whole step (read, authorize, change, write) runs again, at most
+    ``config.update_attempts`` times, then the answer is 409. Requests of
+    this process on one case wait for each other, so only other replicas'
+    writes can cause a conflict.
     """
 
     def __init__(
@@ -83,19 +117,8 @@ class FusionCaseAPI(Generic[CaseT]):
         self._storage: FusionStorage | None = None
         self._events: CaseEventSink | None = None
         self._app: web.Application | None = None
-        self._decoder = json_decoder(case_type)
-        # "count" of an envelope holding one case: every field is encoded
-        # unless the Struct omits defaults, in which case count varies.
-        struct_config = case_type.__struct_config__
-        self._count_suffix = b',"count":%d}' % len(case_type.__struct_fields__)
-        self._raw_retrieve = (
-            type(self).retrieve_case_impl is FusionCaseAPI.retrieve_case_impl
-            and not struct_config.omit_defaults
-            and not struct_config.array_like
-        )
-        # Stored JSON -> its decoded case, for the access check of the raw
-        # retrieve path (the storage hands out the same bytes while cached).
-        self._decoded: dict[bytes, Case] = {}
+        # case GUID -> (its lock, how many requests hold or wait for it).
+        self._case_locks: dict[UUID, tuple[asyncio.Lock, int]] = {}
 
     # -- wiring ---------------------------------------------------------------
     def setup(self, app: web.Application) -> None:
@@ -131,21 +154,31 @@ class FusionCaseAPI(Generic[CaseT]):
         """Every case (the API keeps those the caller may read)."""
         return await self.storage.enumerate_cases()  # type: ignore[return-value]
 
-    async def retrieve_case_impl(self, case_guid: UUID) -> CaseT | None:
-        return await self.storage.retrieve_case(case_guid)  # type: ignore[return-value]
+    async def retrieve_case_impl(self, case_guid: UUID) -> VersionedCase[CaseT] | None:
+        """The stored case and its version (the ETag, and what update and delete expect)."""
+        return await self.storage.retrieve_versioned_case(case_guid)  # type: ignore[return-value]
 
     async def create_case_impl(self, identity: Identity, case: CaseT) -> CaseT:
         """Store a validated new case; raise FusionHTTPError to refuse it."""
         await self.storage.create_case(case)
         return case
 
-    async def update_case_impl(self, identity: Identity, case: CaseT) -> CaseT:
-        """Store ``case``, already updated and validated."""
-        await self.storage.update_case(case)
+    async def update_case_impl(
+        self, identity: Identity, case: CaseT, *, expected_version: int
+    ) -> CaseT:
+        """Store ``case``, already updated and validated, if still at ``expected_version``.
+
+        Let :class:`CaseConflictError` through: the API then reads the case
+        again and retries the whole update.
+        """
+        await self.storage.update_case(case, expected_version=expected_version)
         return case
 
-    async def delete_case_impl(self, identity: Identity, case: CaseT) -> bool:
-        return await self.storage.delete_case(case.guid)
+    async def delete_case_impl(
+        self, identity: Identity, case: CaseT, *, expected_version: int
+    ) -> bool:
+        """Delete ``case`` if still at ``expected_version`` (conflicts as for updates)."""
+        return await self.storage.delete_case(case.guid, expected_version=expected_version)
 
     async def attach_case_impl(
         self, identity: Identity, case: CaseT, next_case_guid: UUID
@@ -197,11 +230,53 @@ class FusionCaseAPI(Generic[CaseT]):
         except Exception:
             _LOGGER.exception("cannot notify %s of case %s", category, case.guid)
 
-    async def _existing_case(self, case_guid: UUID) -> CaseT:
-        case = await self.retrieve_case_impl(case_guid)
-        if case is None:
+    async def _existing_case(self, case_guid: UUID) -> VersionedCase[CaseT]:
+        found = await self.retrieve_case_impl(case_guid)
+        if found is None:
             raise FusionHTTPError(404, f"case {case_guid} not found")
-        return case
+        return found
+
+    @asynccontextmanager
+    async def _case_lock(self, case_guid: UUID) -> AsyncIterator[None]:
+        """Serialise this process's changes of one case (no conflicts among them)."""
+        locks = self._case_locks
+        lock, users = locks.get(case_guid) or (asyncio.Lock(), 0)
+        locks[case_guid] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = locks[case_guid]
+            if users == 1:
+                del locks[case_guid]
+            else:
+                locks[case_guid] = (lock, users - 1)
+
+    async def _change_case(
+        self,
+        request: web.Request,
+        case_guid: UUID,
+        action: Action,
+        change: Callable[[Identity, CaseT, int], Awaitable[_R]],
+    ) -> tuple[_R, int]:
+        """Read, authorize on what was read, check If-Match, ``change(identity, case,
+        version)``; all again when the change raises CaseConflictError.
+
+        Returns what the change returned and the version it was given.
+        """
+        attempts = self.config.update_attempts
+        async with self._case_lock(case_guid):
+            for attempt in range(1, attempts + 1):
+                case, version = await self._existing_case(case_guid)
+                identity = await self.auth.authorize(request, action, case)
+                _check_if_match(request, case_guid, version)
+                try:
+                    return await change(identity, case, version), version
+                except CaseConflictError as exc:
+                    _LOGGER.debug("attempt %d of %d failed: %s", attempt, attempts, exc)
+        raise FusionHTTPError(
+            409, f"case {case_guid} kept changing during {attempts} attempts: try again"
+        )
 
     # -- routes -----------------------------------------------------------------
     async def enumerate_cases(self, request: web.Request) -> web.Response:
@@ -229,62 +304,55 @@ class FusionCaseAPI(Generic[CaseT]):
         return json_response(case)
 
     async def retrieve_case(self, request: web.Request) -> web.Response:
-        """``GET /api/case/{case_guid}``."""
+        """``GET /api/case/{case_guid}``, with the case's ETag."""
         case_guid = _case_guid(request)
         auth = self.auth
-        if self._raw_retrieve:
-            # The hottest route: no await where the answer is already at hand
-            # (a known API key, a cached case), the stored JSON sent as it is.
-            identity = auth.known_caller(request) or await auth.authenticate(request)
-            storage = self.storage
-            raw = storage.cached_case_json(case_guid) or await storage.retrieve_case_json(case_guid)
-            if raw is None:
-                raise FusionHTTPError(404, f"case {case_guid} not found")
-            decoded = self._decoded
-            case = decoded.get(raw)
-            if case is None:
-                if len(decoded) >= _DECODED_CACHE_SIZE:
-                    decoded.clear()
-                case = decoded[raw] = self._decoder.decode(raw)
-            if not auth.authorize_now(request, RETRIEVE_CASE, case, identity):
-                await auth.authorize(request, RETRIEVE_CASE, case, identity=identity)
-            return web.Response(
-                body=b'{"status":200,"data":' + raw + self._count_suffix, content_type=_JSON
-            )
         identity = await auth.authenticate(request)
-        case = await self._existing_case(case_guid)
+        case, version = await self._existing_case(case_guid)
         await auth.authorize(request, RETRIEVE_CASE, case, identity=identity)
-        return json_response(case)
+        return json_response(case, headers={"ETag": etag(version)})
 
     async def update_case(self, request: web.Request) -> web.Response:
-        """``PUT /api/case/{case_guid}`` with a partial Case: the update rules of PROTOCOL.md."""
+        """``PUT /api/case/{case_guid}`` with a partial Case: the update rules of PROTOCOL.md.
+
+        Answers the new ETag; 412 when an If-Match does not match.
+        """
         case_guid = _case_guid(request)
         await self.auth.authenticate(request)
         changes = await read_json(request, self.max_body_size)
         if not isinstance(changes, dict):
             raise FusionHTTPError(400, "update body must be a JSON object")
-        case = await self._existing_case(case_guid)
-        identity = await self.auth.authorize(request, UPDATE_CASE, case)
-        try:
-            case.update(changes)
-        except ConceptError as exc:
-            raise FusionHTTPError(400, str(exc)) from None
-        await self._check_case(identity, case)
-        try:
-            case = await self.update_case_impl(identity, case)
-        except CaseNotFoundError:
-            raise FusionHTTPError(404, f"case {case_guid} not found") from None
+
+        async def change(identity: Identity, case: CaseT, version: int) -> CaseT:
+            try:
+                case.update(changes)
+            except ConceptError as exc:
+                raise FusionHTTPError(400, str(exc)) from None
+            await self._check_case(identity, case)
+            try:
+                return await self.update_case_impl(identity, case, expected_version=version)
+            except CaseNotFoundError:
+                raise FusionHTTPError(404, f"case {case_guid} not found") from None
+
+        case, version = await self._change_case(request, case_guid, UPDATE_CASE, change)
         await self._notify("update_case", case)
-        return json_response(case)
+        # The storage contract: a write that expected `version` stored version + 1.
+        return json_response(case, headers={"ETag": etag(version + 1)})
 
     async def delete_case(self, request: web.Request) -> web.Response:
-        """``DELETE /api/case/{case_guid}``: needs change access and the delete right."""
+        """``DELETE /api/case/{case_guid}``: needs change access and the delete right.
+
+        412 when an If-Match does not match.
+        """
         case_guid = _case_guid(request)
         await self.auth.authenticate(request)
-        case = await self._existing_case(case_guid)
-        identity = await self.auth.authorize(request, DELETE_CASE, case)
-        if not await self.delete_case_impl(identity, case):
-            raise FusionHTTPError(404, f"case {case_guid} not found")
+
+        async def change(identity: Identity, case: CaseT, version: int) -> CaseT:
+            if not await self.delete_case_impl(identity, case, expected_version=version):
+                raise FusionHTTPError(404, f"case {case_guid} not found")
+            return case
+
+        case, _ = await self._change_case(request, case_guid, DELETE_CASE, change)
         await self._notify("delete_case", case)
         return json_response()
 
@@ -299,7 +367,7 @@ class FusionCaseAPI(Generic[CaseT]):
             context={"case_guid": str(case_guid), "next_case_guid": str(next_case_guid)},
         )
         identity = await self.auth.authorize(request, action)
-        case = await self._existing_case(case_guid)
+        case, _ = await self._existing_case(case_guid)
         try:
             attached = await self.attach_case_impl(identity, case, next_case_guid)
         except CaseExistsError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 __all__ = ["FusionCaseAPIConfig"]
@@ -14,3 +16,9 @@ class FusionCaseAPIConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     webhook_schemes: list[str] = msgspec.field(default_factory=lambda: ["http", "https"])
     # Most webhooks a case may carry.
     max_webhooks: int = 16
+    # How many times an update or delete of a case is tried (read, authorize,
+    # change, compare-and-swap write), then 409. An attempt fails only when
+    # another replica's write of that case landed during it (requests of one
+    # process on one case wait for each other), so this bounds how many
+    # concurrent writes elsewhere one request outlasts.
+    update_attempts: Annotated[int, msgspec.Meta(ge=1)] = 50

@@ -1,12 +1,19 @@
 """Storage of a Fusion server: the FusionStorage interface and its SQLite default,
 per-object directories for service files, and the synchronizers' sync tree."""
 
-from fusion.server.storage.base import CaseExistsError, CaseNotFoundError, FusionStorage
+from fusion.server.storage.base import (
+    CaseConflictError,
+    CaseExistsError,
+    CaseNotFoundError,
+    FusionStorage,
+    VersionedCase,
+)
 from fusion.server.storage.concept_storage import ConceptStorage
 from fusion.server.storage.sqlite import SQLiteStorage, StorageClosedError
 from fusion.server.storage.sync_tree import SyncState, SyncTree
 
 __all__ = [
+    "CaseConflictError",
     "CaseExistsError",
     "CaseNotFoundError",
     "ConceptStorage",
@@ -15,4 +22,5 @@ __all__ = [
     "StorageClosedError",
     "SyncState",
     "SyncTree",
+    "VersionedCase",
 ]

@@ -4,12 +4,27 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from types import TracebackType
-from typing import Self
+from typing import Generic, NamedTuple, Self, TypeVar
 from uuid import UUID
 
 from fusion.concept import Case, Identity
 
-__all__ = ["CaseExistsError", "CaseNotFoundError", "FusionStorage"]
+__all__ = [
+    "CaseConflictError",
+    "CaseExistsError",
+    "CaseNotFoundError",
+    "FusionStorage",
+    "VersionedCase",
+]
+
+CaseT_co = TypeVar("CaseT_co", bound=Case, covariant=True)
+
+
+class VersionedCase(NamedTuple, Generic[CaseT_co]):
+    """A stored case and its version (1 when created, one more on every write)."""
+
+    case: CaseT_co
+    version: int
 
 
 class CaseExistsError(ValueError):
@@ -32,6 +47,23 @@ class CaseNotFoundError(KeyError):
         return str(self.args[0])
 
 
+class CaseConflictError(RuntimeError):
+    """The stored case is no longer at the version a write expected.
+
+    Someone else wrote (or deleted and re-created) it since it was read: read
+    it again, re-apply the change and retry, or give up.
+    """
+
+    def __init__(self, case_guid: UUID, expected_version: int, stored_version: int) -> None:
+        super().__init__(
+            f"case {case_guid} changed: stored version {stored_version}, "
+            f"expected {expected_version}"
+        )
+        self.case_guid = case_guid
+        self.expected_version = expected_version
+        self.stored_version = stored_version
+
+
 class FusionStorage(ABC):
     """Where a Fusion server keeps its cases and the identities it has seen.
 
@@ -41,6 +73,17 @@ class FusionStorage(ABC):
 
     Returned cases belong to the caller: mutating one never changes what is
     stored until it is written back with :meth:`update_case`.
+
+    Every stored case has a version: 1 when created, one more on every write
+    that changes it (update, attach). A read-modify-write is atomic across
+    every process sharing the storage by compare-and-swap: read the case and
+    its version with :meth:`retrieve_versioned_case`, change it, and write it
+    with ``update_case(case, expected_version=version)``, which raises
+    :class:`CaseConflictError` instead of writing when the stored version
+    moved on (then read again and retry). :meth:`delete_case` takes the same
+    ``expected_version``. Each check and write is one transaction of the
+    backend (SQLite: ``BEGIN IMMEDIATE``; a server backend: ``UPDATE ...
+    WHERE guid = $1 AND version = $2``).
     """
 
     async def startup(self) -> None:
@@ -69,8 +112,13 @@ class FusionStorage(ABC):
         """Store a new case; :class:`CaseExistsError` when its GUID is taken."""
 
     @abstractmethod
+    async def retrieve_versioned_case(self, case_guid: UUID) -> VersionedCase[Case] | None:
+        """The case stored under ``case_guid`` with its version, or None."""
+
     async def retrieve_case(self, case_guid: UUID) -> Case | None:
         """The case stored under ``case_guid``, or None."""
+        found = await self.retrieve_versioned_case(case_guid)
+        return None if found is None else found.case
 
     async def retrieve_case_json(self, case_guid: UUID) -> bytes | None:
         """The case as JSON bytes, or None (lets the server answer without re-encoding).
@@ -81,18 +129,23 @@ class FusionStorage(ABC):
         case = await self.retrieve_case(case_guid)
         return None if case is None else case.to_json()
 
-    def cached_case_json(self, case_guid: UUID) -> bytes | None:
-        """The case's JSON when the storage can answer at once, fresh, without I/O;
-        None otherwise (then await :meth:`retrieve_case_json`). None by default."""
-        return None
+    @abstractmethod
+    async def update_case(self, case: Case, *, expected_version: int | None = None) -> int:
+        """Replace the whole stored case and return its new version.
+
+        :class:`CaseNotFoundError` when absent; :class:`CaseConflictError`
+        (nothing written) when ``expected_version`` is given and the stored
+        version differs. Without ``expected_version`` the write is
+        unconditional (the last writer wins).
+        """
 
     @abstractmethod
-    async def update_case(self, case: Case) -> None:
-        """Replace the whole stored case; :class:`CaseNotFoundError` when absent."""
+    async def delete_case(self, case_guid: UUID, *, expected_version: int | None = None) -> bool:
+        """Delete a case; False when it was not stored.
 
-    @abstractmethod
-    async def delete_case(self, case_guid: UUID) -> bool:
-        """Delete a case; False when it was not stored."""
+        :class:`CaseConflictError` (nothing deleted) when ``expected_version``
+        is given and the stored version differs.
+        """
 
     @abstractmethod
     async def enumerate_cases(self) -> list[Case]:
@@ -102,8 +155,9 @@ class FusionStorage(ABC):
     async def attach_case(self, case_guid: UUID, next_case_guid: UUID) -> Case | None:
         """Move a case to ``next_case_guid`` (federation attach).
 
-        The case is stored under ``next_case_guid`` and its old GUID is gone.
-        Returns the moved case; None when ``case_guid`` is unknown;
+        The case is stored under ``next_case_guid`` and its old GUID is gone;
+        its version carries on (one more, as for any write). Returns the
+        moved case; None when ``case_guid`` is unknown;
         :class:`CaseExistsError` when ``next_case_guid`` is already taken.
         """
 

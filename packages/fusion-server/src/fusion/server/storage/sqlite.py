@@ -12,7 +12,8 @@ data changed" and the read goes to the read thread.
 
 Read cache, correct across processes
 ------------------------------------
-Decoded reads are served from a dict of stored JSON bytes keyed by GUID.
+Decoded reads are served from a dict of stored JSON bytes and their
+version, keyed by GUID.
 ``PRAGMA data_version`` on the probe connection changes whenever any *other*
 connection (the writer thread of this process, or any connection of another
 process sharing the file) has committed since the probe last asked, so reads
@@ -36,6 +37,16 @@ commit cannot put stale bytes back after the drop.
 
 Returned cases are decoded afresh from the cached bytes on every call, so a
 caller mutating one cannot change the cache.
+
+Versions and compare-and-swap
+-----------------------------
+Each row of ``cases`` has a ``version`` column (schema 2; a schema 1 file is
+migrated when opened, its cases starting at version 1). A conditional
+update or delete reads the stored version and writes inside one ``BEGIN
+IMMEDIATE`` transaction, which holds the file's write lock: no other
+connection, of this process or another, can commit in between. A read
+served from a stale cache can only make a compare-and-swap fail, never
+succeed wrongly.
 """
 
 from __future__ import annotations
@@ -51,21 +62,29 @@ from uuid import UUID
 import msgspec
 
 from fusion.concept import Case, Identity, json_decoder
-from fusion.server.storage.base import CaseExistsError, CaseNotFoundError, FusionStorage
+from fusion.server.storage.base import (
+    CaseConflictError,
+    CaseExistsError,
+    CaseNotFoundError,
+    FusionStorage,
+    VersionedCase,
+)
 
 __all__ = ["SQLiteStorage", "StorageClosedError"]
 
 _T = TypeVar("_T")
 
-_SCHEMA_VERSION: Final = 1
+# 1: cases (guid, data) and identities; 2: cases.version.
+_SCHEMA_VERSION: Final = 2
 _SCHEMA: Final = (
-    "CREATE TABLE IF NOT EXISTS cases (guid TEXT PRIMARY KEY NOT NULL, data BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS cases (guid TEXT PRIMARY KEY NOT NULL, data BLOB NOT NULL, "
+    "version INTEGER NOT NULL DEFAULT 1)",
     "CREATE TABLE IF NOT EXISTS identities "
     "(username TEXT PRIMARY KEY NOT NULL, data BLOB NOT NULL)",
 )
 # Cached answer for "no such case": a 404 under a scan of GUIDs is as hot
 # as a 200, which is also why the cache is bounded (oldest entries go first).
-_MISSING: Final = b""
+_MISSING: Final = (b"", 0)
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 _SYNCHRONOUS: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
@@ -114,7 +133,8 @@ class SQLiteStorage(FusionStorage):
         self._decoder = json_decoder(case_type)
         self._identity_decoder = json_decoder(Identity)
         self._handles: _Handles | None = None
-        self._cases: dict[UUID, bytes] = {}
+        # GUID -> (stored JSON, version), or _MISSING.
+        self._cases: dict[UUID, tuple[bytes, int]] = {}
         self._identities: dict[str, bytes] | None = None
         self._all_cases: list[bytes] | None = None
         self._generation = 0
@@ -192,6 +212,10 @@ class SQLiteStorage(FusionStorage):
                         f"{self.path}: schema version {version} is newer than this "
                         f"fusion-server understands ({_SCHEMA_VERSION})"
                     )
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(cases)")}
+                if "version" not in columns:
+                    # Schema 1: every case it holds starts at version 1.
+                    conn.execute("ALTER TABLE cases ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
                 conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION:d}")
         except BaseException:
             conn.close()
@@ -253,13 +277,13 @@ class SQLiteStorage(FusionStorage):
     def _end_check(self) -> None:
         self._checked = False
 
-    def _remember_case(self, generation: int, case_guid: UUID, data: bytes) -> None:
+    def _remember_case(self, generation: int, case_guid: UUID, row: tuple[bytes, int]) -> None:
         if generation != self._generation:
             return
         cases = self._cases
         if len(cases) >= self._cache_size:
             del cases[next(iter(cases))]
-        cases[case_guid] = data
+        cases[case_guid] = row
 
     # -- cases --------------------------------------------------------------------
     async def create_case(self, case: Case) -> None:
@@ -269,58 +293,66 @@ class SQLiteStorage(FusionStorage):
         def job(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
                 try:
-                    conn.execute("INSERT INTO cases (guid, data) VALUES (?, ?)", (guid, data))
+                    conn.execute(
+                        "INSERT INTO cases (guid, data, version) VALUES (?, ?, 1)", (guid, data)
+                    )
                 except sqlite3.IntegrityError:
                     raise CaseExistsError(case.guid) from None
 
         await self._write(job)
 
-    def cached_case_json(self, case_guid: UUID) -> bytes | None:
-        if self._handles is None:
-            return None
+    async def _stored_case(self, case_guid: UUID) -> tuple[bytes, int]:
+        """(JSON, version) of the stored case, or _MISSING: from the cache when fresh."""
         self._check_fresh()
-        data = self._cases.get(case_guid)
-        # The empty "missing" marker is a cached answer too, but "None" means "ask".
-        return data or None
-
-    async def retrieve_case_json(self, case_guid: UUID) -> bytes | None:
-        self._check_fresh()
-        data = self._cases.get(case_guid)
-        if data is None:
+        row = self._cases.get(case_guid)
+        if row is None:
             generation = self._generation
             guid = str(case_guid)
 
-            def job(conn: sqlite3.Connection) -> bytes:
-                rows = conn.execute("SELECT data FROM cases WHERE guid = ?", (guid,)).fetchall()
-                return bytes(rows[0][0]) if rows else _MISSING
+            def job(conn: sqlite3.Connection) -> tuple[bytes, int]:
+                rows = conn.execute(
+                    "SELECT data, version FROM cases WHERE guid = ?", (guid,)
+                ).fetchall()
+                return (bytes(rows[0][0]), int(rows[0][1])) if rows else _MISSING
 
-            data = await self._read(job)
-            self._remember_case(generation, case_guid, data)
+            row = await self._read(job)
+            self._remember_case(generation, case_guid, row)
+        return row
+
+    async def retrieve_case_json(self, case_guid: UUID) -> bytes | None:
+        data, _ = await self._stored_case(case_guid)
         return data or None
 
-    async def retrieve_case(self, case_guid: UUID) -> Case | None:
-        data = await self.retrieve_case_json(case_guid)
-        return None if data is None else self._decode_case(data)
+    async def retrieve_versioned_case(self, case_guid: UUID) -> VersionedCase[Case] | None:
+        data, version = await self._stored_case(case_guid)
+        return VersionedCase(self._decode_case(data), version) if data else None
 
-    async def update_case(self, case: Case) -> None:
+    async def update_case(self, case: Case, *, expected_version: int | None = None) -> int:
         guid = str(case.guid)
         data = case.to_json()
 
-        def job(conn: sqlite3.Connection) -> None:
+        def job(conn: sqlite3.Connection) -> int:
             with _transaction(conn):
-                cursor = conn.execute("UPDATE cases SET data = ? WHERE guid = ?", (data, guid))
-                if cursor.rowcount == 0:
+                version = _check_version(conn, case.guid, expected_version)
+                if version is None:
                     raise CaseNotFoundError(case.guid)
+                conn.execute(
+                    "UPDATE cases SET data = ?, version = ? WHERE guid = ?",
+                    (data, version + 1, guid),
+                )
+                return version + 1
 
-        await self._write(job)
+        return await self._write(job)
 
-    async def delete_case(self, case_guid: UUID) -> bool:
+    async def delete_case(self, case_guid: UUID, *, expected_version: int | None = None) -> bool:
         guid = str(case_guid)
 
         def job(conn: sqlite3.Connection) -> bool:
             with _transaction(conn):
-                cursor = conn.execute("DELETE FROM cases WHERE guid = ?", (guid,))
-                return cursor.rowcount > 0
+                if _check_version(conn, case_guid, expected_version) is None:
+                    return False
+                conn.execute("DELETE FROM cases WHERE guid = ?", (guid,))
+                return True
 
         return await self._write(job)
 
@@ -346,7 +378,9 @@ class SQLiteStorage(FusionStorage):
 
         def job(conn: sqlite3.Connection) -> bytes | None:
             with _transaction(conn):
-                rows = conn.execute("SELECT data FROM cases WHERE guid = ?", (old_guid,)).fetchall()
+                rows = conn.execute(
+                    "SELECT data, version FROM cases WHERE guid = ?", (old_guid,)
+                ).fetchall()
                 if not rows:
                     return None
                 if old_guid == new_guid:
@@ -354,8 +388,12 @@ class SQLiteStorage(FusionStorage):
                 case = decode(bytes(rows[0][0]))
                 case.guid = next_case_guid
                 data = case.to_json()
+                version = int(rows[0][1]) + 1
                 try:
-                    conn.execute("INSERT INTO cases (guid, data) VALUES (?, ?)", (new_guid, data))
+                    conn.execute(
+                        "INSERT INTO cases (guid, data, version) VALUES (?, ?, ?)",
+                        (new_guid, data, version),
+                    )
                 except sqlite3.IntegrityError:
                     raise CaseExistsError(next_case_guid) from None
                 conn.execute("DELETE FROM cases WHERE guid = ?", (old_guid,))
@@ -411,6 +449,20 @@ class SQLiteStorage(FusionStorage):
             if generation == self._generation:
                 self._identities = identities
         return identities
+
+
+def _check_version(
+    conn: sqlite3.Connection, case_guid: UUID, expected_version: int | None
+) -> int | None:
+    """The stored version of a case (None: not stored), inside the caller's transaction;
+    :class:`CaseConflictError` when ``expected_version`` is given and differs."""
+    rows = conn.execute("SELECT version FROM cases WHERE guid = ?", (str(case_guid),)).fetchall()
+    if not rows:
+        return None
+    version = int(rows[0][0])
+    if expected_version is not None and version != expected_version:
+        raise CaseConflictError(case_guid, expected_version, version)
+    return version
 
 
 class _Handles(NamedTuple):
