@@ -5,12 +5,22 @@ Environment variables (used when :func:`setup_logging` gets no argument):
 - ``FUSION_LOG_LEVEL``: ``DEBUG``, ``INFO`` (default), ``WARNING``, ``ERROR``, ``CRITICAL``;
 - ``FUSION_LOG_FORMAT``: ``text`` (default) or ``json`` (one JSON object per line);
 - ``FUSION_LOG_FILE``: append to this file instead of standard error.
+
+Whatever a record holds (a username, a case name, a header from the network),
+a text record is one line: control characters, line and paragraph separators,
+bidirectional controls, lone surrogates (undecodable bytes kept by
+``surrogateescape``) and the backslash itself are written as backslash escapes
+(see :func:`escape_text`); the lines of a traceback that follows are
+indented, so that no line of it can pass for a record. A JSON record is never
+dropped for a string UTF-8 cannot encode: such strings are written with
+backslash escapes of the characters it refuses.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +28,14 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["FusionFormatter", "JsonFormatter", "TextFormatter", "get_logger", "setup_logging"]
+__all__ = [
+    "FusionFormatter",
+    "JsonFormatter",
+    "TextFormatter",
+    "escape_text",
+    "get_logger",
+    "setup_logging",
+]
 
 ROOT = "fusion"
 
@@ -37,11 +54,77 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name)
 
 
+# What a text line never holds raw: C0 and C1 controls (line feed, carriage
+# return, escape...), DEL, the Unicode line and paragraph separators, the
+# bidirectional controls (they reorder what a reader sees), lone surrogates
+# (undecodable bytes under ``surrogateescape``; a UTF-8 stream refuses them), and
+# the backslash, so that the escapes can be read back unambiguously.
+_UNSAFE = re.compile(
+    r"[\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED_ESCAPES.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_text(text: str) -> str:
+    r"""``text`` with no character that could split, reorder or break a text log line.
+
+    A line feed, carriage return and tab become ``\n``, ``\r`` and ``\t``, the
+    backslash ``\\``, other controls ``\xNN``, separators, bidirectional
+    controls and lone surrogates ``\uNNNN``: Python's own escapes, so
+    ``codecs.decode(escaped.encode("latin-1", "backslashreplace"), "unicode_escape")``
+    gives ``text`` back. Text without such characters is returned as is.
+    """
+    # isprintable() is false for every character above but the backslash: the
+    # common line costs one C scan, not a regular expression's.
+    if text.isprintable() and "\\" not in text:
+        return text
+    return _UNSAFE.sub(_escape_char, text)
+
+
+def _utf8_safe(value: Any) -> Any:
+    """``value`` (builtins) with every string made encodable to UTF-8."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_utf8_safe(key): _utf8_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_utf8_safe(item) for item in value]
+    return value
+
+
 def _unencodable(obj: Any) -> Any:
     return str(obj)
 
 
 _ENCODER = msgspec.json.Encoder(enc_hook=_unencodable)
+
+
+# Characters JSON may leave raw in a string that str.splitlines() and many
+# log viewers take for line breaks: written as JSON escapes instead.
+_JSON_BREAKS = (("\u0085", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
+
+
+def _encode_json(entry: dict[str, Any]) -> str:
+    try:
+        encoded = _ENCODER.encode(entry)
+    except UnicodeEncodeError:
+        # A lone surrogate somewhere (a header's undecodable byte): escape it
+        # rather than lose the record. Rare, so only then is the entry walked.
+        encoded = _ENCODER.encode(_utf8_safe(msgspec.to_builtins(entry, enc_hook=_unencodable)))
+    line = encoded.decode()
+    if not encoded.isascii():
+        for char, escape in _JSON_BREAKS:
+            line = line.replace(char, escape)
+    return line
 
 
 # (milliseconds since the epoch, ISO text, with "Z"): lines written in a burst share it.
@@ -99,7 +182,7 @@ class JsonFormatter(FusionFormatter):
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return _ENCODER.encode(entry).decode()
+        return _encode_json(entry)
 
     def format_fields(
         self, created: float, levelname: str, name: str, message: str, extra: dict[str, Any]
@@ -113,11 +196,18 @@ class JsonFormatter(FusionFormatter):
         for key, value in extra.items():
             if key not in entry:
                 entry[key] = value
-        return _ENCODER.encode(entry).decode()
+        return _encode_json(entry)
+
+
+def _indented(text: str) -> str:
+    # The lines of a traceback, each escaped and indented: a record's own line
+    # starts with its time, so none of these can pass for one.
+    return "\n".join("    " + escape_text(line) for line in text.split("\n"))
 
 
 class TextFormatter(FusionFormatter):
-    """``2026-11-28T04:00:00.123Z INFO fusion.server: message`` (UTC)."""
+    """``2026-11-28T04:00:00.123Z INFO fusion.server: message`` (UTC), one line per
+    record (see :func:`escape_text`); a traceback follows on indented lines."""
 
     uses_extra = False
 
@@ -127,10 +217,22 @@ class TextFormatter(FusionFormatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return _iso_utc_z(record.created)
 
+    def format(self, record: logging.LogRecord) -> str:
+        # Not logging.Formatter.format: it would cache the traceback unescaped in
+        # record.exc_text, and append whatever another formatter cached there.
+        line = self.format_fields(
+            record.created, record.levelname, record.name, record.getMessage(), {}
+        )
+        if record.exc_info:
+            line += "\n" + _indented(self.formatException(record.exc_info))
+        if record.stack_info:
+            line += "\n" + _indented(self.formatStack(record.stack_info))
+        return line
+
     def format_fields(
         self, created: float, levelname: str, name: str, message: str, extra: dict[str, Any]
     ) -> str:
-        return f"{_iso_utc_z(created)} {levelname} {name}: {message}"
+        return escape_text(f"{_iso_utc_z(created)} {levelname} {name}: {message}")
 
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

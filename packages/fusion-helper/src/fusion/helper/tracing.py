@@ -4,23 +4,41 @@ Each decision is logged at INFO (granted) or WARNING (refused) with the message
 ``"granted case.read to alice case=<guid> ip=<addr>"`` and the record's ``audit``
 attribute (from ``extra=``) holding the JSON-compatible :class:`AuditRecord`
 fields, which the JSON log format writes as one object.
+
+:class:`FusionAccessLogger` is aiohttp's access log with the token of every
+``/api/download/{guid}/{token}`` URL redacted: a pending download key is a
+credential, and log files are read by more people than the files it opens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 from uuid import UUID
 
 import msgspec
+from aiohttp.web_log import AccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 
 from fusion.concept import Identity, utcnow
 from fusion.helper.logging import FusionFormatter
 
-__all__ = ["AUDIT_LOGGER", "AuditRecord", "AuditTrail", "trace_user_op"]
+__all__ = [
+    "AUDIT_LOGGER",
+    "REDACTED",
+    "AuditRecord",
+    "AuditTrail",
+    "FusionAccessLogger",
+    "redact_download_tokens",
+    "trace_user_op",
+]
 
 AUDIT_LOGGER = logging.getLogger("fusion.audit")
 
@@ -293,3 +311,43 @@ def _fast_handlers(logger: logging.Logger) -> list[logging.StreamHandler[Any]] |
 
 
 _STREAM_HANDLERS = (logging.StreamHandler, logging.FileHandler)
+
+
+REDACTED = "<redacted>"
+"""What replaces the token of a download URL in the access log."""
+
+_DOWNLOAD_ROUTE = "/api/download/"
+_DOWNLOAD_TOKEN = re.compile(r"(/api/download/[^/?#\s\"]+/)[^/?#\s\"]+")
+
+
+def redact_download_tokens(text: str) -> str:
+    """``text`` with the token of every ``/api/download/{guid}/{token}`` replaced by
+    :data:`REDACTED` (the guid is kept: it names the download, it opens nothing).
+
+    The router matches the percent-decoded path, so ``/api/%64ownload/...`` or
+    ``%2F`` reach the same route: when only the decoded text shows a download URL,
+    the decoded text is what is redacted and returned.
+    """
+    if "%" in text:
+        decoded = unquote(text)
+        if decoded != text and _DOWNLOAD_TOKEN.search(decoded):
+            text = decoded
+    if _DOWNLOAD_ROUTE not in text:
+        return text
+    return _DOWNLOAD_TOKEN.sub(r"\1" + REDACTED, text)
+
+
+class FusionAccessLogger(AccessLogger):
+    """aiohttp's :class:`~aiohttp.web_log.AccessLogger` (same formats, same ``extra``
+    fields), with :func:`redact_download_tokens` applied to every value it logs:
+    the request line, and headers such as ``Referer`` that may carry the URL."""
+
+    # aiohttp's one hook between computing the values and logging them (both the
+    # message and the ``extra`` fields are built from what it returns).
+    def _format_line(
+        self, request: BaseRequest, response: StreamResponse, time: float
+    ) -> Iterable[tuple[str | tuple[str, str], str]]:
+        return [
+            (key, redact_download_tokens(value) if isinstance(value, str) else value)
+            for key, value in super()._format_line(request, response, time)
+        ]

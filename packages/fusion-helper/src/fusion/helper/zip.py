@@ -138,9 +138,15 @@ def _check_archive(
     if len(entries) > max_entries:
         raise UnsafeZipError(f"too many entries: {len(entries)} > {max_entries}")
     declared = 0
+    # A path cannot be both a file and a directory (``a`` then ``a/b``, in any order).
+    files: dict[PurePosixPath, str] = {}
+    directories: dict[PurePosixPath, str] = {}
     for info in entries:
-        _check_name(info.filename)
+        path = _check_name(info.filename)
         _check_type(info)
+        for parent in path.parents[:-1]:  # not the final "."
+            directories.setdefault(parent, info.filename)
+        (directories if info.is_dir() else files).setdefault(path, info.filename)
         if info.flag_bits & 0x1:
             raise UnsafeZipError(f"entry {info.filename!r}: encrypted entries are not supported")
         declared += info.file_size
@@ -153,18 +159,56 @@ def _check_archive(
                 f"entry {info.filename!r}: compression ratio above {max_ratio:g}"
                 f" ({info.file_size} bytes from {info.compress_size})"
             )
+    for path, name in files.items():
+        if path in directories:
+            raise UnsafeZipError(
+                f"entry {name!r} is a file, and a directory for {directories[path]!r}"
+            )
 
 
-def _move_into(staging: Path, target: Path) -> None:
-    """Merge the extracted tree into ``target`` (files replace files of the same name)."""
-    for entry in sorted(staging.iterdir()):
+def _plan_moves(tree: Path, target: Path, moves: list[tuple[Path, Path, bool]]) -> None:
+    """Append the ``(source, destination, replaces)`` renames merging ``tree`` into
+    ``target``; UnsafeZipError on a conflict, before anything is moved.
+
+    A directory merges into a real directory, or is renamed whole where nothing
+    is; a file replaces a file, or a symbolic link itself (never followed).
+    A directory never replaces a file or a link, nor a file a directory.
+    """
+    for entry in sorted(tree.iterdir()):
         destination = target / entry.name
-        if entry.is_dir() and destination.is_dir() and not destination.is_symlink():
-            _move_into(entry, destination)
-        elif destination.is_dir() and not destination.is_symlink():
-            raise UnsafeZipError(f"cannot replace directory {destination} with a file")
+        if not os.path.lexists(destination):
+            moves.append((entry, destination, False))
+        elif destination.is_symlink() or not destination.is_dir():
+            if entry.is_dir():  # the staging tree holds no links: a real directory
+                raise UnsafeZipError(
+                    f"cannot replace {destination} with a directory: it is a file or a link"
+                )
+            moves.append((entry, destination, True))
+        elif entry.is_dir():
+            _plan_moves(entry, destination, moves)
         else:
-            os.replace(entry, destination)
+            raise UnsafeZipError(f"cannot replace directory {destination} with a file")
+
+
+def _move_into(tree: Path, target: Path, replaced: Path) -> None:
+    """Merge the extracted ``tree`` into ``target``, all or nothing: what a file
+    replaces is moved into ``replaced`` first, and every rename is undone if one fails."""
+    moves: list[tuple[Path, Path, bool]] = []
+    _plan_moves(tree, target, moves)
+    done: list[tuple[Path, Path]] = []  # (from, to) of each rename made
+    try:
+        for index, (source, destination, replaces) in enumerate(moves):
+            if replaces:
+                backup = replaced / str(index)
+                os.replace(destination, backup)
+                done.append((destination, backup))
+            os.replace(source, destination)
+            done.append((source, destination))
+    except BaseException:
+        for moved_from, moved_to in reversed(done):
+            with contextlib.suppress(OSError):
+                os.replace(moved_to, moved_from)
+        raise
 
 
 def extract_zip(
@@ -180,9 +224,15 @@ def extract_zip(
     Every entry is checked before anything is written. Data is then extracted into
     a staging directory inside ``target_dir`` while counting the bytes actually
     produced (headers can lie), and only merged into place once the whole archive
-    passed. On any refusal :class:`UnsafeZipError` is raised and the staging
-    directory removed: nothing is written outside ``target_dir`` and nothing
-    partial stays inside. File modes from the archive are ignored (no setuid).
+    passed: a file replaces a file of the same name (or a symbolic link, which is
+    replaced, never followed), a directory merges into a directory. An archive
+    holding a path as both a file and a directory, or whose directory meets a
+    file or a link of ``target_dir`` (or whose file meets a directory), is
+    refused before anything moves. On any refusal :class:`UnsafeZipError` is
+    raised and the staging directory removed: nothing is written outside
+    ``target_dir`` and nothing partial stays inside; an I/O error while merging
+    undoes the renames already made, then propagates. File modes from the
+    archive are ignored (no setuid).
     """
     target = Path(target_dir)
     try:
@@ -198,9 +248,12 @@ def extract_zip(
         target.mkdir(parents=True, exist_ok=True)
         staging = target / f".extract-{os.urandom(6).hex()}"
         staging.mkdir()
+        tree, replaced = staging / "tree", staging / "replaced"
+        tree.mkdir()
+        replaced.mkdir()
         try:
-            relative_files = _extract_entries(archive, entries, staging, max_total_size, max_ratio)
-            _move_into(staging, target)
+            relative_files = _extract_entries(archive, entries, tree, max_total_size, max_ratio)
+            _move_into(tree, target, replaced)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             if created:
@@ -223,13 +276,13 @@ def _extract_entries(
     for info in entries:
         relative = _check_name(info.filename)
         destination = staging.joinpath(*relative.parts)
-        if info.is_dir():
-            destination.mkdir(parents=True, exist_ok=True)
-            continue
-        destination.parent.mkdir(parents=True, exist_ok=True)
         written = 0
         limit = max(max_ratio * max(info.compress_size, 1), _RATIO_FLOOR)
         try:
+            if info.is_dir():
+                destination.mkdir(parents=True, exist_ok=True)
+                continue
+            destination.parent.mkdir(parents=True, exist_ok=True)
             with archive.open(info) as source, open(destination, "wb") as sink:
                 while chunk := source.read(_CHUNK):
                     written += len(chunk)

@@ -22,6 +22,7 @@ from fusion.concept import Case, Constant
 from fusion.helper.aiohttp import envelope_middleware, error_response
 from fusion.helper.pubsub import FusionPubSub
 from fusion.helper.store import SharedStore, StoreUnavailableError, create_store
+from fusion.helper.tracing import FusionAccessLogger
 from fusion.server.appkeys import CONFIG, PUBSUB, STORAGE, STORE
 from fusion.server.auth.api import FusionAuthAPI
 from fusion.server.auth.backend import FusionAuthBackend
@@ -237,5 +238,6 @@ class FusionServer:
             host=host or server.host,
             port=port if port is not None else server.port,
             access_log=_LOGGER.getChild("access") if server.access_log else None,
+            access_log_class=FusionAccessLogger,
             print=None,
         )
