@@ -4,13 +4,15 @@
   :class:`FusionHTTPError`) and :func:`envelope_middleware`, which turns every error
   (aiohttp's own 404/405/413, store outages, unexpected exceptions) into it;
 - request input: :func:`get_guid`, :func:`read_json`, :func:`read_concept`,
-  :func:`client_ip`, :func:`stream_multipart_to_file`;
+  :func:`client_ip`, :func:`stream_multipart_to_file`, each body read bounded in
+  time by :data:`BODY_TIMEOUT`;
 - output: :func:`stream_response` and :func:`content_disposition`;
 - server-sent events: :func:`format_sse` (server side) and :func:`iter_sse` (client side).
 """
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import ipaddress
 import logging
@@ -24,6 +26,8 @@ from uuid import UUID
 
 import aiohttp
 import msgspec
+from aiohttp.helpers import AppKey
+from aiohttp.http import HttpProcessingError
 
 from fusion.concept import Concept, json_decoder
 from fusion.helper.store import StoreUnavailableError
@@ -35,6 +39,8 @@ if TYPE_CHECKING:
     from aiohttp import web
 
 __all__ = [
+    "BODY_TIMEOUT",
+    "DEFAULT_BODY_TIMEOUT",
     "SSE_KEEPALIVE",
     "FusionHTTPError",
     "IPNetwork",
@@ -57,6 +63,15 @@ __all__ = [
 _LOGGER = logging.getLogger("fusion.helper.aiohttp")
 
 ConceptT = TypeVar("ConceptT", bound=Concept)
+
+DEFAULT_BODY_TIMEOUT = 30.0
+BODY_TIMEOUT: AppKey[float] = AppKey("fusion_body_timeout", float)
+"""Seconds a request body may take to arrive (``app[BODY_TIMEOUT] = 30.0``), 408 past it.
+
+:func:`read_json` and :func:`read_concept` give the whole body that long;
+:func:`stream_multipart_to_file` gives it to each chunk, so a large upload is
+not cut off while data flows. :data:`DEFAULT_BODY_TIMEOUT` when unset.
+"""
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
 
@@ -88,6 +103,14 @@ class FusionHTTPError(Exception):
 
     def __str__(self) -> str:
         return f"{self.status}: {self.message}"
+
+
+class _BodyAbandonedError(FusionHTTPError):
+    """The body was not read to its end: the answer closes the connection.
+
+    Without that, aiohttp would keep reading (and dropping) the rest of the body
+    for its lingering time, or, when the body cannot be decoded, fail again there.
+    """
 
 
 def _count(data: Any) -> int:
@@ -167,6 +190,10 @@ def envelope_middleware(*, logger: logging.Logger | None = None) -> Any:
       headers such as ``Allow`` or ``Retry-After``;
     - :class:`~fusion.helper.store.StoreUnavailableError` becomes 503
       "shared store unavailable";
+    - a body that cannot be read (a ``Content-Encoding`` that does not decode, an
+      over-long or invalid multipart header) is a 400 that closes the connection; a
+      client that closed the connection mid-body gets one DEBUG line and a 400 it
+      never reads (the access log shows no 500);
     - anything else is logged and answered 500 "internal server error", never with
       a traceback.
 
@@ -182,10 +209,31 @@ def envelope_middleware(*, logger: logging.Logger | None = None) -> Any:
     async def fusion_envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
+        except _BodyAbandonedError as exc:
+            if request.writer.output_size > 0:
+                raise
+            return await _answer_and_close(request, exc)
         except FusionHTTPError as exc:
             if request.writer.output_size > 0:
                 raise
             return error_response(exc.status, exc.message, headers=exc.headers)
+        except (web.RequestPayloadError, HttpProcessingError, ConnectionResetError) as exc:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                log.debug("client closed the connection: %s %s", request.method, request.path)
+                return error_response(400, "the client closed the connection")
+            if isinstance(exc, ConnectionResetError) or request.writer.output_size > 0:
+                # Another connection of the handler's (an upstream call) failed.
+                log.exception("unexpected error: %s %s", request.method, request.path)
+                if request.writer.output_size > 0:
+                    raise
+                return error_response(500, "internal server error")
+            # RequestPayloadError wraps the parser's error (a bad Content-Encoding).
+            cause = exc if isinstance(exc, HttpProcessingError) else exc.__cause__
+            reason = cause.message if isinstance(cause, HttpProcessingError) else str(exc)
+            message = " ".join(str(reason).split())[:200] or "unreadable"
+            error = _BodyAbandonedError(400, f"malformed request body: {message}")
+            return await _answer_and_close(request, error)
         except web.HTTPException as exc:
             if exc.status < 400 or request.writer.output_size > 0:
                 raise
@@ -205,6 +253,20 @@ def envelope_middleware(*, logger: logging.Logger | None = None) -> Any:
     return fusion_envelope
 
 
+async def _answer_and_close(request: web.Request, error: FusionHTTPError) -> web.StreamResponse:
+    # Sent here, then the connection is closed at once: no lingering read of the
+    # rest of a body that is late, undecodable or already refused.
+    response = error_response(error.status, error.message, headers=error.headers)
+    response.force_close()
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionResetError:
+        _LOGGER.debug("client closed the connection: %s %s", request.method, request.path)
+    request.protocol.force_close()
+    return response
+
+
 # ---------------------------------------------------------------------------
 # request input
 # ---------------------------------------------------------------------------
@@ -221,6 +283,18 @@ def get_guid(request: web.Request, name: str = "case_guid") -> UUID:
         raise FusionHTTPError(400, f"invalid GUID for {name}") from None
 
 
+def _body_timeout(request: web.BaseRequest) -> float:
+    from aiohttp import web
+
+    if isinstance(request, web.Request):
+        return request.config_dict.get(BODY_TIMEOUT, DEFAULT_BODY_TIMEOUT)
+    return DEFAULT_BODY_TIMEOUT  # a low-level web.Server has no application
+
+
+def _late_body(timeout: float) -> _BodyAbandonedError:
+    return _BodyAbandonedError(408, f"request body not received within {timeout:g} s")
+
+
 async def _read_body(request: web.BaseRequest, max_size: int) -> bytes:
     # Counted on the bytes actually received: Content-Length may be absent (chunked)
     # or lie, and reading request.content directly bypasses client_max_size.
@@ -229,11 +303,16 @@ async def _read_body(request: web.BaseRequest, max_size: int) -> bytes:
         raise FusionHTTPError(413, f"request body too large: limit is {max_size} bytes")
     parts: list[bytes] = []
     total = 0
-    async for chunk in request.content.iter_any():
-        total += len(chunk)
-        if total > max_size:
-            raise FusionHTTPError(413, f"request body too large: limit is {max_size} bytes")
-        parts.append(chunk)
+    timeout = _body_timeout(request)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_any():
+                total += len(chunk)
+                if total > max_size:
+                    raise FusionHTTPError(413, f"request body too large: limit is {max_size} bytes")
+                parts.append(chunk)
+    except TimeoutError:
+        raise _late_body(timeout) from None
     return b"".join(parts)
 
 
@@ -377,17 +456,25 @@ def client_ip(
 # ---------------------------------------------------------------------------
 
 _UNSAFE_FILENAME = re.compile(r'[\x00-\x1f\x7f"\\/;]')
+# Format characters (bidi overrides and isolates, zero-width marks) and lone
+# surrogates: U+202E makes "report\u202egnp.exe" display as "report.exe.png".
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Cs"})
+
+
+def _visible(name: str) -> str:
+    return "".join(char for char in name if unicodedata.category(char) not in _INVISIBLE_CATEGORIES)
 
 
 def content_disposition(filename: str, disposition: str = "attachment") -> str:
     """A ``Content-Disposition`` value that is safe for any ``filename``.
 
-    Directory parts, control characters (CR/LF), quotes and separators are removed;
+    Directory parts, control characters (CR/LF), quotes and separators are replaced;
+    bidirectional controls and other invisible format characters are removed;
     non-ASCII names also get an RFC 5987 ``filename*=UTF-8''...`` parameter and an
     ASCII fallback in ``filename``.
     """
     name = filename.replace("\\", "/").rsplit("/", 1)[-1]
-    name = _UNSAFE_FILENAME.sub("_", unicodedata.normalize("NFC", name)).strip(" .")
+    name = _UNSAFE_FILENAME.sub("_", _visible(unicodedata.normalize("NFC", name))).strip(" .")
     if not name:
         name = "download"
     if name.isascii():
@@ -455,34 +542,44 @@ async def stream_multipart_to_file(
 
     Written atomically (temporary file beside ``path``, fsync, rename): on any error,
     including 413 above ``max_size`` bytes, nothing is left at ``path``. Other fields
-    are skipped. 400 when the body is not multipart or the field is missing.
+    are skipped. 400 when the body is not multipart or the field is missing; 408
+    when no data came for :data:`BODY_TIMEOUT` seconds.
     """
     if not request.content_type.startswith("multipart/"):
         raise FusionHTTPError(
             400, f"expected a multipart/form-data body, got {request.content_type}"
         )
+    timeout = _body_timeout(request)
+    loop = asyncio.get_running_loop()
     try:
-        reader = await request.multipart()
-        while True:
-            part = await reader.next()
-            if part is None:
-                raise FusionHTTPError(400, f"multipart field {field!r} is missing")
-            if not isinstance(part, aiohttp.BodyPartReader) or part.name != field:
-                continue  # skipped: next() drains what we did not read
-            filename = part.filename
-            content_type = part.headers.get("Content-Type")
+        async with asyncio.timeout(timeout) as deadline:
+            reader = await request.multipart()
+            while True:
+                part = await reader.next()
+                if part is None:
+                    raise FusionHTTPError(400, f"multipart field {field!r} is missing")
+                if not isinstance(part, aiohttp.BodyPartReader) or part.name != field:
+                    continue  # skipped: next() drains what we did not read
+                filename = part.filename
+                content_type = part.headers.get("Content-Type")
 
-            async def chunks(
-                body: aiohttp.BodyPartReader = part,
-            ) -> AsyncIterator[bytes]:
-                while chunk := await body.read_chunk():
-                    yield chunk
+                async def chunks(
+                    body: aiohttp.BodyPartReader = part,
+                ) -> AsyncIterator[bytes]:
+                    while chunk := await body.read_chunk():
+                        # An idle timeout: a large file may take long while data flows.
+                        deadline.reschedule(loop.time() + timeout)
+                        yield chunk
 
-            try:
-                size = await stream_to_file(chunks(), path, max_size=max_size)
-            except SizeLimitError:
-                raise FusionHTTPError(413, f"upload too large: limit is {max_size} bytes") from None
-            return UploadedFile(Path(path), size, filename, content_type)
+                try:
+                    size = await stream_to_file(chunks(), path, max_size=max_size)
+                except SizeLimitError:
+                    raise FusionHTTPError(
+                        413, f"upload too large: limit is {max_size} bytes"
+                    ) from None
+                return UploadedFile(Path(path), size, filename, content_type)
+    except TimeoutError:
+        raise _late_body(timeout) from None
     except (ValueError, AssertionError, aiohttp.ClientPayloadError) as exc:
         # aiohttp's multipart reader reports malformed bodies with these.
         raise FusionHTTPError(400, f"malformed multipart body: {exc}") from None

@@ -12,14 +12,19 @@ or a subclass of :class:`FusionServer` overriding the ``create_*`` factories
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
-from collections.abc import AsyncIterator, Iterable
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from aiohttp import HttpVersion11, web
+from aiohttp.web_protocol import RequestHandler
 
 from fusion.concept import Case, Constant
-from fusion.helper.aiohttp import envelope_middleware, error_response
+from fusion.helper.aiohttp import BODY_TIMEOUT, IPNetwork, envelope_middleware, error_response
 from fusion.helper.pubsub import FusionPubSub
 from fusion.helper.store import SharedStore, StoreUnavailableError, create_store
 from fusion.helper.tracing import FusionAccessLogger
@@ -37,7 +42,7 @@ from fusion.server.storage import FusionStorage
 from fusion.server.storage.sqlite import SQLiteStorage
 from fusion.server.synchronizer.sync import FusionSynchronizer
 
-__all__ = ["FusionServer", "expect_handler"]
+__all__ = ["FusionServer", "expect_handler", "limit_connections"]
 
 _LOGGER = logging.getLogger("fusion.server")
 
@@ -65,6 +70,92 @@ def _use_fusion_expect_handler(app: web.Application) -> None:
     for route in app.router.routes():
         if hasattr(route, "_expect_handler"):
             route._expect_handler = expect_handler
+
+
+class _ConnectionLimiter:
+    """Counts a server's open connections, in total and per peer address."""
+
+    def __init__(
+        self,
+        server: web.Server,
+        max_connections: int,
+        max_per_address: int,
+        exempt: Sequence[IPNetwork],
+    ) -> None:
+        self._accept = server.connection_made
+        self._forget = server.connection_lost
+        self._max_connections = max_connections
+        self._max_per_address = max_per_address
+        self._exempt = tuple(exempt)
+        self._open: dict[RequestHandler, str | None] = {}
+        self._per_address: Counter[str] = Counter()
+        self._refusing = False
+
+    def _counted_address(self, transport: Any) -> str | None:
+        peer = transport.get_extra_info("peername")
+        if not isinstance(peer, tuple) or not peer:
+            return None  # a Unix socket: no address to count
+        address = str(peer[0])
+        try:
+            parsed = ipaddress.ip_address(address)
+        except ValueError:
+            return address
+        if any(parsed in network for network in self._exempt):
+            return None
+        return address
+
+    def connection_made(self, handler: RequestHandler, transport: Any) -> None:
+        address = self._counted_address(transport)
+        refusal = None
+        if len(self._open) >= self._max_connections:
+            refusal = f"{len(self._open)} connections open (server.max_connections)"
+        elif address is not None and self._per_address[address] >= self._max_per_address:
+            refusal = (
+                f"{self._per_address[address]} connections open from {address}"
+                " (server.max_connections_per_address)"
+            )
+        if refusal is not None:
+            if not self._refusing:
+                # Once per saturation, not once per refused connection.
+                _LOGGER.warning("refusing connections: %s", refusal)
+                self._refusing = True
+            transport.close()
+            return
+        self._refusing = False
+        self._open[handler] = address
+        if address is not None:
+            self._per_address[address] += 1
+        self._accept(handler, transport)
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        if handler in self._open:
+            address = self._open.pop(handler)
+            if address is not None:
+                self._per_address[address] -= 1
+                if self._per_address[address] <= 0:
+                    del self._per_address[address]
+        self._forget(handler, exc)
+
+
+def limit_connections(
+    server: web.Server,
+    *,
+    max_connections: int,
+    max_per_address: int,
+    exempt: Sequence[IPNetwork] = (),
+) -> None:
+    """Close, at once, connections to ``server`` past the caps.
+
+    At most ``max_connections`` open connections, and ``max_per_address`` from
+    one peer address (peers in ``exempt``, the trusted proxies, count only
+    towards the total). ``server`` is a runner's ``web.Server``
+    (``runner.server`` after ``await runner.setup()``).
+    """
+    limiter = _ConnectionLimiter(server, max_connections, max_per_address, exempt)
+    # aiohttp has no connection cap; every RequestHandler reports to these two
+    # methods of its Server as the connection opens and closes.
+    server.connection_made = limiter.connection_made  # type: ignore[method-assign]
+    server.connection_lost = limiter.connection_lost  # type: ignore[method-assign]
 
 
 class FusionServer:
@@ -173,8 +264,12 @@ class FusionServer:
             # read_concept, client_max_size), so no size middleware here.
             middlewares=[envelope_middleware(), *self._middlewares],
             client_max_size=server.max_body_size,
+            # Also bounds the wait for a request's headers (aiohttp has no header
+            # timeout): the idle timer runs until a whole request has arrived.
+            handler_args={"keepalive_timeout": server.keepalive_timeout},
         )
         app[CONFIG] = self.config
+        app[BODY_TIMEOUT] = server.body_timeout
         if self.store is None:
             self.store = self.create_store()
         if self.storage is None:
@@ -230,14 +325,42 @@ class FusionServer:
             finally:
                 await store.close()
 
-    def run(self, *, host: str | None = None, port: int | None = None) -> None:
-        """Serve until SIGINT or SIGTERM, then shut down cleanly."""
+    async def serve(self, *, host: str | None = None, port: int | None = None) -> None:
+        """Serve until SIGINT or SIGTERM, with the caps and timeouts of ``config.server``.
+
+        Running requests then get ``shutdown_timeout`` seconds to finish before
+        they are cancelled. Call it from the main thread (signal handlers).
+        """
         server = self.config.server
-        web.run_app(
+        runner = web.AppRunner(
             self.build(),
-            host=host or server.host,
-            port=port if port is not None else server.port,
             access_log=_LOGGER.getChild("access") if server.access_log else None,
             access_log_class=FusionAccessLogger,
-            print=None,
+            shutdown_timeout=server.shutdown_timeout,
         )
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await runner.setup()
+        try:
+            assert runner.server is not None  # set by setup()
+            limit_connections(
+                runner.server,
+                max_connections=server.max_connections,
+                max_per_address=server.max_connections_per_address,
+                exempt=server.trusted_proxy_networks,
+            )
+            site = web.TCPSite(
+                runner, host or server.host, port if port is not None else server.port
+            )
+            await site.start()
+            await stop.wait()
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+            await runner.cleanup()
+
+    def run(self, *, host: str | None = None, port: int | None = None) -> None:
+        """Serve until SIGINT or SIGTERM, then shut down cleanly (see :meth:`serve`)."""
+        asyncio.run(self.serve(host=host, port=port))

@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar, overload
 
 import msgspec
 
-from fusion.helper.aiohttp import IPNetwork
+from fusion.helper.aiohttp import DEFAULT_BODY_TIMEOUT, IPNetwork
 from fusion.helper.config import ConfigError, resolve_env_refs
 from fusion.server.auth.config import FusionAuthAPIConfig
 from fusion.server.case.config import FusionCaseAPIConfig
@@ -52,6 +52,22 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dic
     # log see the real peer.
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
     access_log: bool = True
+    # Seconds a request body may take to arrive before a 408 (a JSON body as a
+    # whole, an upload per chunk), so a slow or stalled client cannot hold a
+    # connection and a handler forever.
+    body_timeout: Annotated[float, msgspec.Meta(gt=0)] = DEFAULT_BODY_TIMEOUT
+    # Seconds a connection may stay idle, or take to send its request line and
+    # headers, before it is closed.
+    keepalive_timeout: Annotated[float, msgspec.Meta(gt=0)] = 15.0
+    # Open connections at most; more are closed at once. Keep it below the
+    # process's file descriptor limit (ulimit -n).
+    max_connections: Annotated[int, msgspec.Meta(gt=0)] = 900
+    # Open connections at most from one client address (the TCP peer: the
+    # connections of trusted_proxies count only towards max_connections).
+    max_connections_per_address: Annotated[int, msgspec.Meta(gt=0)] = 64
+    # Seconds to let running requests finish on SIGTERM/SIGINT before they are
+    # cancelled.
+    shutdown_timeout: Annotated[float, msgspec.Meta(ge=0)] = 10.0
 
     def __post_init__(self) -> None:
         networks: list[IPNetwork] = []

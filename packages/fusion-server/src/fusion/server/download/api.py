@@ -110,7 +110,8 @@ class FusionDownloadAPI:
         """Resolved ``filepath`` when it is a regular file under a root (symlinks followed)."""
         try:
             resolved = Path(filepath).resolve(strict=True)
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, ValueError) as exc:
+            # ValueError: a NUL in the path ("embedded null byte").
             raise DownloadRootError(f"cannot download {filepath}: file not found") from exc
         if not any(resolved.is_relative_to(root) for root in self._roots):
             raise DownloadRootError(f"cannot download {filepath}: not under a download root")
