@@ -266,7 +266,8 @@ class FusionServer:
             client_max_size=server.max_body_size,
             # Also bounds the wait for a request's headers (aiohttp has no header
             # timeout): the idle timer runs until a whole request has arrived.
-            handler_args={"keepalive_timeout": server.keepalive_timeout},
+            # auto_decompress off: bodies are decoded, capped, where they are read.
+            handler_args={"keepalive_timeout": server.keepalive_timeout, "auto_decompress": False},
         )
         app[CONFIG] = self.config
         app[BODY_TIMEOUT] = server.body_timeout
