@@ -10,10 +10,11 @@ fanned out in-process to bounded per-subscriber queues::
         async for message in subscription:
             ...  # message.id (history id or None), message.data (bytes)
 
-A subscriber too slow to keep ``maxsize`` messages queued is dropped: its
-iterator ends and ``subscription.dropped`` is True, the others are not slowed
-down. When the upstream connection is lost, :class:`FusionPubSub` reconnects
-with backoff and resubscribes every channel in use; local subscribers keep
+A subscriber so slow that its queue would pass ``maxsize`` messages (or
+``max_bytes`` bytes) is dropped: its queue is emptied at once, its iterator
+ends and ``subscription.dropped`` is True, the others are not slowed down.
+When the upstream connection is lost, :class:`FusionPubSub` reconnects with
+backoff and resubscribes every channel in use; local subscribers keep
 working, but what was published meanwhile is lost (best effort): each
 subscription counts those gaps in ``subscription.lost`` and, when created with
 ``end_on_loss=True``, ends so its consumer can resync from the history.
@@ -56,18 +57,28 @@ class Subscription:
     """
 
     def __init__(
-        self, pubsub: FusionPubSub, channel: str, *, maxsize: int, end_on_loss: bool
+        self,
+        pubsub: FusionPubSub,
+        channel: str,
+        *,
+        maxsize: int,
+        max_bytes: int | None = None,
+        end_on_loss: bool,
     ) -> None:
         if maxsize < 1:
             raise ValueError(f"maxsize must be at least 1, not {maxsize}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, not {max_bytes}")
         self.channel = channel
         self.end_on_loss = end_on_loss
+        self.max_bytes = max_bytes
         self.dropped = False
         """True when this subscriber was dropped because its queue was full."""
         self.lost = 0
         """How many times the upstream connection was lost while subscribed."""
         self._pubsub = pubsub
         self._queue: asyncio.Queue[StoreMessage | None] = asyncio.Queue(maxsize)
+        self._queued_bytes = 0
         self._started = False
         self._ready = asyncio.Event()
         self._ended = False
@@ -76,6 +87,11 @@ class Subscription:
     def ended(self) -> bool:
         """True once closed, dropped, or ended by a loss (``end_on_loss``)."""
         return self._ended
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of the messages waiting in this subscriber's queue."""
+        return self._queued_bytes
 
     async def start(self) -> None:
         """Subscribe upstream; done by ``async with`` or the first iteration.
@@ -99,11 +115,12 @@ class Subscription:
         finally:
             self._ready.set()
 
-    def close(self) -> None:
-        """Stop receiving; the iterator ends after the messages already queued."""
+    def close(self, *, discard: bool = False) -> None:
+        """Stop receiving; the iterator ends after the messages already queued,
+        or at once with ``discard`` (the queued messages are forgotten)."""
         if self._started:
             self._pubsub._detach(self)
-        self._end()
+        self._end(discard=discard)
 
     async def __aenter__(self) -> Subscription:
         await self.start()
@@ -131,18 +148,35 @@ class Subscription:
             item = self._queue.get_nowait()
         if item is None:
             raise StopAsyncIteration
+        self._queued_bytes -= len(item.data)
         return item
 
     # -- called by FusionPubSub ------------------------------------------------
     def _offer(self, message: StoreMessage) -> bool:
+        size = len(message.data)
+        if (
+            self.max_bytes is not None
+            and self._queued_bytes + size > self.max_bytes
+            and not self._queue.empty()
+        ):
+            # One message is always let through, however large: a subscriber
+            # that keeps up must be able to receive it.
+            return False
         try:
             self._queue.put_nowait(message)
         except asyncio.QueueFull:
             return False
+        self._queued_bytes += size
         return True
 
-    def _end(self) -> None:
-        if self._ended:
+    def _end(self, *, discard: bool = False) -> None:
+        if discard:
+            # A dropped or revoked subscriber frees its memory now, not when
+            # (if ever) its consumer gets round to reading.
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queued_bytes = 0
+        elif self._ended:
             return
         self._ended = True
         # Wakes a consumer blocked on an empty queue; a full queue has no such
@@ -181,10 +215,22 @@ class FusionPubSub:
 
     # -- public API ---------------------------------------------------------------
     def subscribe(
-        self, channel: str, *, maxsize: int = 1000, end_on_loss: bool = False
+        self,
+        channel: str,
+        *,
+        maxsize: int = 1000,
+        max_bytes: int | None = None,
+        end_on_loss: bool = False,
     ) -> Subscription:
-        """A subscription to ``channel`` (enter it, or iterate it, to start receiving)."""
-        return Subscription(self, channel, maxsize=maxsize, end_on_loss=end_on_loss)
+        """A subscription to ``channel`` (enter it, or iterate it, to start receiving).
+
+        A subscriber whose queue would hold more than ``maxsize`` messages, or
+        more than ``max_bytes`` bytes of them (None: no byte bound; a single
+        message is always accepted), is dropped at once and its queue cleared.
+        """
+        return Subscription(
+            self, channel, maxsize=maxsize, max_bytes=max_bytes, end_on_loss=end_on_loss
+        )
 
     async def publish(
         self,
@@ -383,7 +429,7 @@ class FusionPubSub:
         for subscription in slow:
             _LOGGER.warning("pub/sub subscriber of %r dropped: queue full", channel)
             subscription.dropped = True
-            subscription.close()
+            subscription.close(discard=True)
 
     def _lost(self) -> None:
         self.losses += 1

@@ -19,7 +19,7 @@ from fusion.helper.aiohttp import (
     json_response,
     read_json,
 )
-from fusion.helper.store import SharedStore
+from fusion.helper.store import SharedStore, StoreUnavailableError
 from fusion.helper.tracing import AUDIT_LOGGER, AuditTrail
 from fusion.server.appkeys import AUTH, CONFIG, STORAGE, STORE
 from fusion.server.auth.access import Access, Action, can_access_case, can_delete
@@ -48,6 +48,9 @@ _SOURCE = "source"
 _SESSION_ID = "session_id"
 _FEDERATION = "federation"
 _RECORDED = "recorded"
+SESSION_ENDED_CHANNEL = "fusion:session:ended"
+"""A logout publishes the id of the session it revoked here, so the event API
+of every replica ends that session's streams at once."""
 
 
 def _capped(name: str) -> str:
@@ -558,13 +561,27 @@ class FusionAuthAPI:
         self._set_session_cookie(request, response, session_id)
         return response
 
+    @staticmethod
+    def session_of(identity: Identity) -> str | None:
+        """The session id behind ``identity`` (None: an API key or a bearer token)."""
+        if identity.properties.get(_SOURCE) != "session":
+            return None
+        session_id: str | None = identity.properties.get(_SESSION_ID)
+        return session_id
+
     async def logout(self, request: web.Request) -> web.Response:
-        """``GET /api/auth/logout``: revoke the caller's session on every replica."""
+        """``GET /api/auth/logout``: revoke the caller's session on every replica,
+        and end its event streams there."""
         identity = await self.identify(request)
-        session_id = None if identity is None else identity.properties.get(_SESSION_ID)
+        session_id = None if identity is None else self.session_of(identity)
         if identity is None or session_id is None:
             raise FusionHTTPError(401, "no session")
         await self.sessions.revoke(session_id)
+        try:
+            await self.store.publish(SESSION_ENDED_CHANNEL, session_id.encode())
+        except StoreUnavailableError as exc:
+            # The session is gone: the streams' periodic session check ends them.
+            _LOGGER.warning("logout not announced to the event streams: %s", exc)
         self.audit(request, identity, "logout", granted=True)
         response = json_response()
         session = self.config.session

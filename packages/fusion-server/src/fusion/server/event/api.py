@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
+import msgspec
 from aiohttp import web
 
 from fusion.concept import Case, Event, Identity
@@ -18,6 +21,7 @@ from fusion.helper.pubsub import FusionPubSub, Subscription
 from fusion.helper.store import SharedStore, StoreMessage, StoreUnavailableError, message_id_key
 from fusion.server.appkeys import AUTH, EVENTS, PUBSUB, STORAGE, STORE
 from fusion.server.auth.access import Action
+from fusion.server.auth.api import SESSION_ENDED_CHANNEL, FusionAuthAPI
 from fusion.server.event.config import FusionEventConfig
 from fusion.server.event.watchers import CaseWatchers
 from fusion.server.event.webhook_url import url_under_prefix
@@ -25,6 +29,7 @@ from fusion.server.event.webhook_url import url_under_prefix
 __all__ = [
     "SUBSCRIBE_EVENTS",
     "CaseReadAuthorizer",
+    "CaseReadCheck",
     "FusionEventAPI",
     "WebhookNotAllowedError",
 ]
@@ -33,6 +38,9 @@ _LOGGER = logging.getLogger(__name__)
 
 CaseReadAuthorizer = Callable[[web.Request, UUID], Awaitable[tuple[Identity, Case]]]
 """Who is calling and the case they may read; raises FusionHTTPError 401/403/404 otherwise."""
+
+CaseReadCheck = Callable[[Identity, Case], bool]
+"""Whether the identity may still read the case an event carries."""
 
 _EMPTY_HISTORY_ID = "0-0"
 _SSE_HEADERS = {
@@ -46,23 +54,68 @@ _SSE_HEADERS = {
 SUBSCRIBE_EVENTS = Action("subscribe_events")
 """Read access to the case: what following its events needs."""
 
+# The event API's own presence events carry the case as it was when the
+# stream behind them opened: not an authority on who may read it now.
+_PRESENCE = frozenset({"subscribe", "unsubscribe"})
+_DELETED = "delete_case"
+
+
+class _EventHead(msgspec.Struct):
+    category: str = ""
+    case: Case | None = None
+
+
+_HEAD_DECODER = msgspec.json.Decoder(_EventHead)
+
 
 class WebhookNotAllowedError(ValueError):
     """A case webhook URL is not under one of the configured prefixes."""
 
 
 class _Stream:
-    """One open event stream, tracked so shutdown can end it."""
+    """One open event stream, tracked so shutdown, logout and the limits can end it."""
 
-    __slots__ = ("case_guid", "last_write", "response", "subscription", "task", "username")
+    __slots__ = (
+        "case_guid",
+        "ended",
+        "expires",
+        "identity",
+        "last_write",
+        "request",
+        "response",
+        "session_id",
+        "subscription",
+        "task",
+        "writing",
+    )
 
-    def __init__(self, case_guid: UUID, username: str, subscription: Subscription) -> None:
+    def __init__(
+        self, request: web.Request, case_guid: UUID, identity: Identity, subscription: Subscription
+    ) -> None:
+        self.request = request
         self.case_guid = case_guid
-        self.username = username
+        self.identity = identity
+        self.session_id = FusionAuthAPI.session_of(identity)
+        expires = identity.properties.get("expires")
+        # A bearer token's expiry (epoch seconds), when the backend put it there.
+        self.expires: float | None = expires if isinstance(expires, int | float) else None
         self.subscription = subscription
         self.task = asyncio.current_task()
         self.response: web.StreamResponse | None = None
         self.last_write = 0.0
+        self.writing = False
+        self.ended: str | None = None
+        """Why the server ended the stream (None: it has not)."""
+
+    @property
+    def username(self) -> str:
+        return self.identity.username
+
+    def end(self, reason: str) -> None:
+        """Stop at once: nothing queued or published later is sent."""
+        if self.ended is None:
+            self.ended = reason
+        self.subscription.close(discard=True)
 
     async def keepalive(self) -> None:
         response = self.response
@@ -70,9 +123,9 @@ class _Stream:
             return
         try:
             await response.write(SSE_KEEPALIVE)
-        except (ConnectionResetError, RuntimeError):
+        except (ConnectionError, RuntimeError):
             # The client is gone (or the response already ended): end the stream.
-            self.subscription.close()
+            self.subscription.close(discard=True)
 
 
 class FusionEventAPI:
@@ -83,21 +136,31 @@ class FusionEventAPI:
         config: FusionEventConfig,
         *,
         authorize: CaseReadAuthorizer | None = None,
+        may_read: CaseReadCheck | None = None,
         store: SharedStore | None = None,
     ) -> None:
+        """``authorize`` decides who may open a stream (default: the auth API);
+        ``may_read`` whether a subscriber may still read the case each event
+        carries (default: ``case_access`` of the auth API, when the app has one;
+        with neither, events are not checked)."""
         self.config = config
         self._authorize = authorize
+        self._may_read = may_read
+        self._auth: FusionAuthAPI | None = None
         self._store = store
         self._pubsub: FusionPubSub | None = None
         self._own_pubsub = False
         self._notifier: FusionNotifier | None = None
         self._watchers: CaseWatchers | None = None
         self._streams: set[_Stream] = set()
+        # Streams admitted (being set up or open), for the limits.
+        self._admitted = 0
+        self._admitted_by_username: Counter[str] = Counter()
         self._background: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._closing = False
         self._setup_slots = asyncio.Semaphore(config.setup_concurrency)
-        self._last_frame: tuple[StoreMessage, bytes] | None = None
+        self._last_frame: tuple[StoreMessage, bytes, _EventHead | None] | None = None
 
     # -- wiring --------------------------------------------------------------
     def setup(self, app: web.Application) -> None:
@@ -127,10 +190,20 @@ class FusionEventAPI:
             history_ttl=self.config.history_ttl,
         )
         self._watchers = CaseWatchers(self._store, max_usernames=self.config.max_watchers)
+        self._auth = app.get(AUTH)
+        if self._may_read is None and self._auth is not None:
+            auth = self._auth
+
+            def may_read(identity: Identity, case: Case) -> bool:
+                return auth.case_access(identity, case) is not None
+
+            self._may_read = may_read
         self._closing = False
         self._loops = [
             asyncio.create_task(self._watchers.refresh_forever()),
             asyncio.create_task(self._keepalive_forever()),
+            asyncio.create_task(self._check_sessions_forever()),
+            asyncio.create_task(self._follow_logouts()),
         ]
 
     async def _on_shutdown(self, app: web.Application) -> None:
@@ -220,14 +293,54 @@ class FusionEventAPI:
         identity = await auth.authorize(request, SUBSCRIBE_EVENTS, case)
         return identity, case
 
+    def _admit(self, username: str) -> None:
+        """Count one more stream, or answer 429 past the limits."""
+        config = self.config
+        if self._admitted >= config.max_streams:
+            raise FusionHTTPError(
+                429, f"too many event streams on this server (at most {config.max_streams})"
+            )
+        if self._admitted_by_username[username] >= config.max_streams_per_identity:
+            raise FusionHTTPError(
+                429,
+                f"too many event streams for {username} "
+                f"(at most {config.max_streams_per_identity})",
+            )
+        self._admitted += 1
+        self._admitted_by_username[username] += 1
+
+    def _release(self, username: str) -> None:
+        self._admitted -= 1
+        self._admitted_by_username[username] -= 1
+        if self._admitted_by_username[username] <= 0:
+            del self._admitted_by_username[username]
+
     async def _stream_events(
+        self, request: web.Request, identity: Identity, case: Case, after_id: str
+    ) -> web.StreamResponse:
+        self._admit(identity.username)
+        try:
+            return await self._run_stream(request, identity, case, after_id)
+        finally:
+            self._release(identity.username)
+
+    def _allowed(self, identity: Identity, head: _EventHead | None) -> bool:
+        if head is None or head.case is None:
+            return False  # not an event: nothing to check it against
+        may_read = self._may_read
+        return may_read is None or may_read(identity, head.case)
+
+    async def _run_stream(
         self, request: web.Request, identity: Identity, case: Case, after_id: str
     ) -> web.StreamResponse:
         channel = case_channel(case.guid)
         subscription = self.pubsub.subscribe(
-            channel, maxsize=self.config.queue_size, end_on_loss=True
+            channel,
+            maxsize=self.config.queue_size,
+            max_bytes=self.config.queue_bytes,
+            end_on_loss=True,
         )
-        stream = _Stream(case.guid, identity.username, subscription)
+        stream = _Stream(request, case.guid, identity, subscription)
         response: web.StreamResponse | None = None
         joined = False
         try:
@@ -266,7 +379,11 @@ class FusionEventAPI:
             last_id = after_id
             for message in missed:
                 if _is_after(message, last_id):
-                    await response.write(format_sse(message.data, id=message.id))
+                    frame, about = self._frame(message)
+                    # An older event may carry the case from before this
+                    # caller could read it: skipped, not a reason to stop.
+                    if self._allowed(identity, about):
+                        await response.write(frame)
                     last_id = message.id or last_id
             loop = asyncio.get_running_loop()
             stream.last_write = loop.time()
@@ -279,16 +396,43 @@ class FusionEventAPI:
                     if not _is_after(message, last_id):
                         continue
                     deduplicate = False
+                if stream.ended is not None:
+                    break
+                frame, about = self._frame(message)
+                if not self._allowed(identity, about):
+                    if about is not None and about.category in _PRESENCE:
+                        continue
+                    stream.end("read access to the case lost")
+                    break
                 stream.last_write = loop.time()
-                await response.write(self._frame(message))
+                stream.writing = True
+                await response.write(frame)
+                stream.writing = False
+                if about is not None and about.category == _DELETED:
+                    stream.end("case deleted")
+                    break
             if subscription.dropped:
                 _LOGGER.warning(
                     "event stream of %s on case %s ended: too slow", identity.username, case.guid
                 )
+            elif stream.ended is not None:
+                _LOGGER.info(
+                    "event stream of %s on case %s ended: %s",
+                    identity.username,
+                    case.guid,
+                    stream.ended,
+                )
             stream.response = None  # no keepalive after the end
             await response.write_eof()
-        except ConnectionResetError:
-            pass  # the client went away: nothing to tell it
+        except ConnectionError as exc:
+            # The client went away (or stopped reading and was cut off): nothing
+            # to tell it, and nothing worth a traceback.
+            _LOGGER.debug(
+                "event stream of %s on case %s: client gone (%r)",
+                identity.username,
+                case.guid,
+                exc,
+            )
         finally:
             subscription.close()
             self._streams.discard(stream)
@@ -301,24 +445,104 @@ class FusionEventAPI:
         # arming and cancelling a timer per event per subscriber costs more than
         # the write itself when a thousand streams watch a case.
         keepalive = self.config.keepalive
+        send_timeout = self.config.send_timeout
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(keepalive / 4)
+            await asyncio.sleep(min(keepalive, send_timeout) / 4)
             now = loop.time()
             for stream in list(self._streams):
-                if stream.response is not None and now - stream.last_write >= keepalive:
+                if stream.response is None:
+                    continue
+                if stream.writing:
+                    if now - stream.last_write >= send_timeout:
+                        self._cut_off(stream)
+                elif now - stream.last_write >= keepalive:
                     stream.last_write = now
                     self._spawn(stream.keepalive())
 
-    def _frame(self, message: StoreMessage) -> bytes:
+    def _cut_off(self, stream: _Stream) -> None:
+        # A client that does not read holds a write (and its buffered bytes)
+        # forever: closing the connection frees them, and the stream's write
+        # ends with a ConnectionError.
+        transport = stream.request.transport
+        stream.end("client not reading")
+        if transport is not None and not transport.is_closing():
+            _LOGGER.info(
+                "event stream of %s on case %s: client not reading for %ss, connection closed",
+                stream.username,
+                stream.case_guid,
+                self.config.send_timeout,
+            )
+            transport.abort()
+
+    # -- sessions behind the streams --------------------------------------------
+    def end_session_streams(self, session_id: str, reason: str = "session ended") -> int:
+        """End this process's streams opened with ``session_id``; returns how many."""
+        ended = [stream for stream in self._streams if stream.session_id == session_id]
+        for stream in ended:
+            stream.end(reason)
+        return len(ended)
+
+    async def check_sessions(self) -> None:
+        """End the streams whose session is gone (logout, expiry, a new login)
+        or whose bearer token expired: one store read for every session."""
+        now = time.time()
+        by_session: dict[str, list[_Stream]] = {}
+        for stream in list(self._streams):
+            if stream.expires is not None and stream.expires <= now:
+                stream.end("token expired")
+            elif stream.session_id is not None:
+                by_session.setdefault(stream.session_id, []).append(stream)
+        auth = self._auth
+        if not by_session or auth is None:
+            return
+        session_ids = list(by_session)
+        prefix = auth.sessions.prefix
+        values = await self.store.get_many([prefix + session_id for session_id in session_ids])
+        for session_id, value in zip(session_ids, values, strict=True):
+            if value is None:
+                for stream in by_session[session_id]:
+                    stream.end("session ended")
+
+    async def _check_sessions_forever(self) -> None:
+        # The fallback of the logout announcements: sessions that expire or are
+        # replaced, and announcements lost in a store outage.
+        while True:
+            await asyncio.sleep(self.config.session_check_interval)
+            try:
+                await self.check_sessions()
+            except StoreUnavailableError as exc:
+                _LOGGER.warning("cannot check the sessions of the event streams: %s", exc)
+
+    async def _follow_logouts(self) -> None:
+        # Every replica hears every logout, so a session's streams end at once wherever
+        # they are. Subscribed whether or not this app has an auth API: another
+        # process sharing the store may.
+        while True:
+            try:
+                async with self.pubsub.subscribe(SESSION_ENDED_CHANNEL) as logouts:
+                    async for message in logouts:
+                        self.end_session_streams(message.data.decode(errors="replace"))
+            except StoreUnavailableError as exc:
+                _LOGGER.debug("logout announcements unavailable: %s", exc)
+            except RuntimeError:
+                return  # the pub/sub is closed: shutting down
+            await asyncio.sleep(self.config.session_check_interval)
+
+    def _frame(self, message: StoreMessage) -> tuple[bytes, _EventHead | None]:
         # Every subscriber of a channel gets the same message object from the
-        # pub/sub fan-out: format it once, not once per subscriber.
+        # pub/sub fan-out: format and decode it once, not once per subscriber.
         cached = self._last_frame
         if cached is not None and cached[0] is message:
-            return cached[1]
+            return cached[1], cached[2]
         frame = format_sse(message.data, id=message.id)
-        self._last_frame = (message, frame)
-        return frame
+        head: _EventHead | None
+        try:
+            head = _HEAD_DECODER.decode(message.data)
+        except (msgspec.DecodeError, RecursionError):
+            head = None
+        self._last_frame = (message, frame, head)
+        return frame, head
 
     async def _joined(self, case: Case, username: str) -> None:
         try:

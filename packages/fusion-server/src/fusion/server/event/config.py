@@ -38,6 +38,19 @@ class FusionEventConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     """Seconds between ``: keepalive`` comments on an idle stream."""
     queue_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
     """Events buffered per subscriber; a subscriber that falls further behind is dropped."""
+    queue_bytes: Annotated[int, msgspec.Meta(ge=1)] = 4 * 1024 * 1024
+    """Bytes of events buffered per subscriber (one event is always let through);
+    a subscriber that falls further behind is dropped and its buffer freed."""
+    send_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    """Seconds one write to a stream may stay blocked (a client that does not
+    read) before its connection is closed."""
+    max_streams: Annotated[int, msgspec.Meta(ge=1)] = 4096
+    """Open streams per server process; past it a new one is answered 429."""
+    max_streams_per_identity: Annotated[int, msgspec.Meta(ge=1)] = 100
+    """Open streams of one username per server process; past it 429."""
+    session_check_interval: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    """Seconds between checks that the session behind each open stream still
+    exists (a stream whose session ended stops; a logout stops it at once)."""
     max_watchers: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     """Most distinct usernames listed as watching one case."""
     events_channel: str | None = "fusion:events"
