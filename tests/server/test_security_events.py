@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from fusion_testing.fixtures_server import (
     server_config_dict,
     write_config,
 )
+from fusion_testing.oidc_issuer import OIDCIssuer
 
 from fusion.concept import Case, Event
 from fusion.helper.aiohttp import iter_sse
@@ -391,3 +393,50 @@ async def test_a_client_gone_from_a_slow_stream_is_one_debug_line(
     assert len(gone) == 1, [record.getMessage() for record in caplog.records]
     assert gone[0].levelno == logging.DEBUG
     assert "\n" not in gone[0].getMessage()
+
+
+async def test_a_bearer_stream_ends_when_its_token_expires(
+    fusion_server: ServerFactory,
+    tmp_path: Path,
+    http_sessions: HTTPSessionFactory,
+    oidc_issuer: OIDCIssuer,
+) -> None:
+    backend = {
+        "type": "oidc",
+        "issuer": oidc_issuer.issuer,
+        "client_id": oidc_issuer.client_id,
+        "client_secret": oidc_issuer.client_secret,
+        "redirect_uri": oidc_issuer.redirect_uri,
+        "leeway": 0,
+    }
+    config = server_config(
+        tmp_path,
+        auth={"backend": backend},
+        event={"source": "security", "session_check_interval": 0.2},
+    )
+    running = await fusion_server(config)
+    robot = http_sessions(running.url, headers={"X-Fusion-API-Token": ROBOT_KEY})
+    guid = await _case(robot)
+    # Lifetimes tried from short to long: a machine too slow to open the stream
+    # before the first expires tries the next one (the token must be valid at open).
+    for lifetime in (3, 10, 30, 120):
+        expires = int(time.time()) + lifetime
+        token = oidc_issuer.mint(oidc_issuer.claims("robot-user", exp=expires))
+        session = http_sessions(running.url, headers={"Authorization": f"Bearer {token}"})
+        response = await session.get(f"/api/events/case/{guid}")
+        if response.status == 200:
+            break
+        assert response.status == 401, await response.text()
+        response.close()
+    else:
+        raise AssertionError("no token stayed valid long enough to open a stream")
+    stream = Stream(response)
+    await stream.until("subscribers")
+    async with asyncio.timeout(lifetime + TIMEOUT):
+        async for _ in stream.events:
+            pass  # presence events, keepalives: until the server ends the stream
+    assert stream.response.content.at_eof()
+    # It ended because the token expired, not before.
+    assert time.time() >= expires
+    status, _ = await call(session, "GET", f"/api/case/{guid}")
+    assert status == 401

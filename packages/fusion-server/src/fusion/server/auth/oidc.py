@@ -165,7 +165,8 @@ class OIDCBackend(FusionAuthBackend):
         self._lock = asyncio.Lock()
         self._last_failure: tuple[float, BackendUnavailableError] | None = None
         # sha256(token) -> (identity, monotonic deadline)
-        self._bearer_cache: OrderedDict[bytes, tuple[Identity, float]] = OrderedDict()
+        # digest -> (identity, monotonic deadline of the cache entry, token expiry or None)
+        self._bearer_cache: OrderedDict[bytes, tuple[Identity, float, float | None]] = OrderedDict()
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -236,10 +237,10 @@ class OIDCBackend(FusionAuthBackend):
         cached = self._bearer_cache.get(digest)
         now = time.monotonic()
         if cached is not None:
-            identity, deadline = cached
+            identity, deadline, expires = cached
             if now < deadline:
                 self._bearer_cache.move_to_end(digest)
-                return Identity(username=identity.username, groups=set(identity.groups))
+                return _bearer_identity(identity, expires)
             del self._bearer_cache[digest]
         try:
             claims = await self._validate(token)
@@ -247,8 +248,12 @@ class OIDCBackend(FusionAuthBackend):
         except _Refused as refused:
             _LOGGER.info("Bearer token refused: %s", refused)
             return None
-        self._remember(digest, identity, claims)
-        return Identity(username=identity.username, groups=set(identity.groups))
+        exp = claims.get("exp")
+        # Valid until exp plus the leeway the validation grants: an event stream
+        # opened with the token ends then.
+        expires = float(exp) + self.config.leeway if isinstance(exp, int | float) else None
+        self._remember(digest, identity, claims, expires)
+        return _bearer_identity(identity, expires)
 
     def info(self) -> AuthInfo:
         config = self.config
@@ -267,7 +272,9 @@ class OIDCBackend(FusionAuthBackend):
 
     # -- bearer cache -----------------------------------------------------------------
 
-    def _remember(self, digest: bytes, identity: Identity, claims: dict[str, Any]) -> None:
+    def _remember(
+        self, digest: bytes, identity: Identity, claims: dict[str, Any], expires: float | None
+    ) -> None:
         size = self.config.bearer_cache_size
         if size == 0 or self.config.bearer_cache_ttl == 0:
             return
@@ -278,7 +285,7 @@ class OIDCBackend(FusionAuthBackend):
             lifetime = min(lifetime, float(expires) - time.time())
         if lifetime <= 0:
             return
-        self._bearer_cache[digest] = (identity, time.monotonic() + lifetime)
+        self._bearer_cache[digest] = (identity, time.monotonic() + lifetime, expires)
         self._bearer_cache.move_to_end(digest)
         while len(self._bearer_cache) > size:
             self._bearer_cache.popitem(last=False)
@@ -496,6 +503,15 @@ class OIDCBackend(FusionAuthBackend):
         if config.allowed_groups and not groups.intersection(config.allowed_groups):
             raise _Refused(f"{username} is in none of the allowed groups")
         return Identity(username=username, groups=groups)
+
+
+def _bearer_identity(identity: Identity, expires: float | None) -> Identity:
+    """A copy of a cached identity for one request, with the token's expiry
+    (``properties["expires"]``, epoch seconds) when it has one."""
+    copy = Identity(username=identity.username, groups=set(identity.groups))
+    if expires is not None:
+        copy.properties["expires"] = expires
+    return copy
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
