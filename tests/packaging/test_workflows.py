@@ -12,10 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _workflow(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load((ROOT / ".github" / "workflows" / name).read_text())
+    loaded: dict[Any, Any] = yaml.safe_load((ROOT / ".github" / "workflows" / name).read_text())
     # YAML 1.1 reads the key `on` as True
-    data["on"] = data.pop(True)
-    return data
+    return {("on" if key is True else str(key)): value for key, value in loaded.items()}
 
 
 def test_ci_tests_every_python_of_the_hatch_matrix() -> None:
