@@ -915,16 +915,24 @@ def test_deeply_nested_json_is_a_400(
     """A few kilobytes of ``[[[[...`` must be refused as bad input, not crash the handler.
 
     ``msgspec`` raises ``RecursionError`` (not ``DecodeError``) past its
-    nesting limit; ``read_json`` and ``read_concept`` answer it with 400.
+    nesting limit; ``read_json`` and ``read_concept`` answer it with 400. That
+    limit follows the interpreter's: Python 3.13 decodes the 2,000-deep object
+    that 3.11 refuses, and a case body whose only key is unknown is then an
+    ordinary request (the key is ignored, nothing of it is stored). Either way,
+    never a 500, and nothing stored changes unless the answer is 200.
     """
-    exchange(
+    ignored_key = body is DEEP_OBJECT and "case" in template
+    answer = exchange(
         target,
         method,
         fill(template, target),
-        {400},
+        {200, 400} if ignored_key else {400},
+        may_change=ignored_key,
         headers=[(b"X-Fusion-API-Token", ROBOT), (b"Content-Type", b"application/json")],
         body=body,
     )
+    if answer.status == 200:
+        assert b'"a"' not in answer.body
 
 
 @pytest.mark.parametrize("body", [DEEP_LIST, UNCLOSED], ids=["list", "unclosed"])

@@ -50,7 +50,9 @@ WAIT = 30.0  # overall limit of every wait for a condition; never reached when a
 
 
 def head(method: str, path: str, *headers: str, length: int | None = None) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *headers]
+    # Connection: close, so that reading the answer until the server closes does
+    # not wait out the keep-alive timeout.
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close", *headers]
     if length is not None:
         lines.append(f"Content-Length: {length}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import re
@@ -189,7 +190,7 @@ class LDAPBackend(FusionAuthBackend):
         tls = None
         if config.start_tls or config.url.startswith("ldaps://"):
             try:
-                tls = ldap3.Tls(
+                tls = _stdlib_tls_class()(
                     validate=_TLS_VALIDATION[config.tls_verify],
                     ca_certs_file=config.ca_file,
                 )
@@ -371,6 +372,36 @@ class LDAPBackend(FusionAuthBackend):
         ):
             groups.update(attributes.get(config.group_name_attribute.lower(), [])[:1])
         return groups
+
+
+@functools.cache
+def _stdlib_tls_class() -> type[Any]:
+    """ldap3's ``Tls`` with the certificate checked by the standard library.
+
+    ldap3 turns the SSL context's hostname check off and matches names itself,
+    with a fallback that ignores IP addresses in the certificate on Python
+    3.12+ (``ssl.match_hostname`` is gone): ``ldaps://10.0.0.5`` then fails with
+    a valid certificate. Here the handshake verifies the chain and the name
+    (DNS or IP), as every other TLS client of Fusion does.
+    """
+    import ldap3
+
+    class StdlibTls(ldap3.Tls):  # type: ignore[misc]
+        def wrap_socket(self, connection: Any, do_handshake: bool = False) -> None:
+            context = ssl.create_default_context(
+                cafile=self.ca_certs_file, capath=self.ca_certs_path, cadata=self.ca_certs_data
+            )
+            if self.validate == ssl.CERT_NONE:
+                context.check_hostname = False
+            context.verify_mode = self.validate
+            connection.socket = context.wrap_socket(
+                connection.socket,
+                server_side=False,
+                do_handshake_on_connect=do_handshake,
+                server_hostname=connection.server.host,
+            )
+
+    return StdlibTls
 
 
 def _import_ldap3() -> None:
