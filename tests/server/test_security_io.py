@@ -217,14 +217,30 @@ def _refused(port: int, source: str) -> bool:
 
 
 async def _hold(port: int, source: str, count: int) -> list[asyncio.StreamWriter]:
-    """``count`` connections from ``source``, each holding a partial login body."""
+    """``count`` connections from ``source``, each holding a partial login body.
+
+    Each one is known to be counted by the server before the next is opened:
+    ``Expect: 100-continue`` makes the server answer ``100 Continue`` once it
+    handles the request (a connection refused at the cap gets EOF instead).
+    """
     writers = []
     for _ in range(count):
-        _, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
-        writer.write(head("POST", "/api/auth/login", "Content-Type: application/json", length=1000))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        writers.append(writer)
+        writer.write(
+            head(
+                "POST",
+                "/api/auth/login",
+                "Content-Type: application/json",
+                "Expect: 100-continue",
+                length=1000,
+            )
+        )
+        await writer.drain()
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+        assert interim.startswith(b"HTTP/1.1 100 Continue"), interim
         writer.write(b'{"data": ')
         await writer.drain()
-        writers.append(writer)
     return writers
 
 
@@ -241,19 +257,25 @@ async def test_connection_caps_per_address_and_in_total(
     )
     with ServerProcess(["--config", str(config)], cwd=tmp_path) as process:
         attacker = await _hold(process.port, "127.0.0.1", 5)
-        await wait_for(lambda: _refused(process.port, "127.0.0.1"), "the per-address cap")
-        # The real user, from another address, is not locked out.
+        # Every held connection is counted: the next one from that address is refused.
+        assert _refused(process.port, "127.0.0.1")
+        # Total cap: 5 + 3 more from a second address fill the server.
+        others = await _hold(process.port, "127.0.0.2", 3)
+        assert _refused(process.port, "127.0.0.3")
+        for writer in others:
+            writer.close()
+        await wait_for(lambda: not _refused(process.port, "127.0.0.2"), "the places of .2")
+        # While the attacker still holds its address's cap, a real user from
+        # another address logs in.
         connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0), force_close=True)
         async with http_sessions(process.url, connector=connector) as session:
             status, body = await call(
                 session, "POST", "/api/auth/login", json=msgspec.json.decode(LOGIN_BODY)
             )
             assert status == 200, body
-        # Total cap: 5 + 3 more from a second address fill the server.
-        others = await _hold(process.port, "127.0.0.2", 3)
-        await wait_for(lambda: _refused(process.port, "127.0.0.3"), "the total cap")
+        assert _refused(process.port, "127.0.0.1")
         # Closed connections free their places.
-        for writer in attacker + others:
+        for writer in attacker:
             writer.close()
         await wait_for(lambda: not _refused(process.port, "127.0.0.1"), "a freed place")
 
