@@ -76,11 +76,11 @@ def caller(request: web.Request) -> Identity | None:
     state = request.app[STATE_KEY]
     token = request.headers.get("X-Fusion-API-Token")
     if token == API_KEY:
-        return Identity(username="robot", groups={"robots"})
+        return Identity(username="robot", groups=frozenset({"robots"}))
     if token == FEDERATION_KEY:
-        return Identity(username="hub", groups=set())
+        return Identity(username="hub", groups=frozenset())
     if request.cookies.get(SESSION_COOKIE) in state.sessions:
-        return Identity(username="admin", groups={"admins"})
+        return Identity(username="admin", groups=frozenset({"admins"}))
     return None
 
 

@@ -50,7 +50,7 @@ async def test_api_key_header_is_sent(protocol_server: RunningServer) -> None:
     config = FusionClientConfig(api_url=protocol_server.url, api_key=protocol_server.api_key)
     async with FusionClient(config) as client:
         identity = await FusionAuthAPIClient(client).is_logged()
-    assert identity == Identity(username="robot", groups={"robots"})
+    assert identity == Identity(username="robot", groups=frozenset({"robots"}))
     assert (
         protocol_server.state.requests[-1].headers["X-Fusion-API-Token"] == protocol_server.api_key
     )
@@ -70,7 +70,7 @@ async def test_login_session_cookie_logout(protocol_server: RunningServer) -> No
         assert identity.groups == {"admins"}
         assert await auth.is_logged() == identity
         assert await auth.identities() == [
-            Identity(username="admin", groups={"admins"}),
+            Identity(username="admin", groups=frozenset({"admins"})),
             Identity(username="robot"),
         ]
         await auth.logout()

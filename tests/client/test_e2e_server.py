@@ -86,7 +86,7 @@ async def test_admin_session_and_case_lifecycle(embedded_server: ServerProcess) 
         assert caught.value.status == 401
 
         identity = await auth.login("admin", ADMIN_PASSWORD)
-        assert identity == Identity(username="admin", groups={"admins"})
+        assert identity == Identity(username="admin", groups=frozenset({"admins"}))
         assert await auth.is_logged() == identity
         assert "admin" in {seen.username for seen in await auth.identities()}
 
@@ -158,7 +158,7 @@ async def test_error_statuses_carry_the_servers_reason(embedded_server: ServerPr
 async def test_robot_key_constant_and_access_control(configured_server: ServerProcess) -> None:
     async with FusionClient(_config(configured_server, api_key=ROBOT_KEY)) as robot:
         assert await FusionAuthAPIClient(robot).is_logged() == Identity(
-            username="robot", groups={"robots"}
+            username="robot", groups=frozenset({"robots"})
         )
         constant = await FusionConstantAPIClient(robot).constant()
         assert constant.banner == "maintenance at noon"

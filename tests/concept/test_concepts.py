@@ -235,14 +235,18 @@ def test_event_protocol_example() -> None:
     assert Event.from_json(b'{"source":"s","category":"c","case":{}}').ext is None
 
 
-def test_identity_shape_acs_and_private_properties() -> None:
+def test_identity_shape_acs_and_immutability() -> None:
     identity = Identity.from_json(b'{"username": "alice", "groups": ["soc", "cert"]}')
     assert identity.acs == {"alice", "soc", "cert"}
-    identity.properties["session_expiry"] = 12345
-    identity.properties["token"] = "secret"
+    assert isinstance(identity.groups, frozenset)
     assert json_of(identity) == {"username": "alice", "groups": ["cert", "soc"]}
-    assert b"secret" not in identity.to_json()
     assert Identity(username="bob").acs == {"bob"}
+    # Shared between requests and handed to hooks: nobody may change it.
+    with pytest.raises(AttributeError):
+        identity.username = "mallory"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        identity.groups.add("admins")  # type: ignore[attr-defined]
+    assert hash(identity) == hash(Identity(username="alice", groups=frozenset({"soc", "cert"})))
 
 
 def test_identities_sorted_list() -> None:

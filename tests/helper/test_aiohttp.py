@@ -79,7 +79,7 @@ def test_envelope_shapes() -> None:
     assert body["count"] == 2
     assert [item["name"] for item in body["data"]] == ["one", "two"]
     assert body["data"][0]["guid"] == str(cases[0].guid)
-    identity = Identity(username="alice", groups={"b", "a"})
+    identity = Identity(username="alice", groups=frozenset({"b", "a"}))
     assert _body(json_response(identity))["data"] == {"username": "alice", "groups": ["a", "b"]}
 
 

@@ -621,14 +621,3 @@ async def test_cancelled_waiter_leaves_the_others_their_value(store: SharedStore
     assert await second == b"a"
     with pytest.raises(asyncio.CancelledError):
         await first
-
-
-async def test_peek_answers_only_without_io(store: SharedStore) -> None:
-    await store.set("peek:a", b"a", ttl=0.2)
-    if store.remote:
-        assert store.peek("peek:a") == (False, None)
-        return
-    assert store.peek("peek:a") == (True, b"a")
-    assert store.peek("peek:missing") == (True, None)
-    await asyncio.sleep(0.3)
-    assert store.peek("peek:a") == (True, None)  # expired

@@ -27,7 +27,7 @@ def _audit(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 def test_granted(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="fusion.audit")
-    identity = Identity(username="alice", groups={"dfir"})
+    identity = Identity(username="alice", groups=frozenset({"dfir"}))
     record = trace_user_op(
         identity, "case.read", granted=True, case_guid=GUID, client_ip="192.0.2.1"
     )

@@ -60,7 +60,9 @@ async def test_login_sets_a_session_cookie_with_its_attributes(
     assert not morsel["secure"]
     status, logged = await call(session, "GET", "/api/auth/is_logged")
     assert status == 200
-    assert Identity.from_dict(logged["data"]) == Identity(username="alice", groups={"analysts"})
+    assert Identity.from_dict(logged["data"]) == Identity(
+        username="alice", groups=frozenset({"analysts"})
+    )
 
 
 async def test_cookie_attributes_follow_the_configuration(

@@ -54,8 +54,12 @@ async def backend_of(oidc_issuer: OIDCIssuer) -> AsyncIterator[BackendFactory]:
         await backend.shutdown()
 
 
-def identity_of(identity: Any) -> tuple[str, set[str]] | None:
-    return None if identity is None else (identity.username, set(identity.groups))
+def identity_of(grant: Any) -> tuple[str, set[str]] | None:
+    """(username, groups) of a login's Identity or of a bearer token's grant."""
+    if grant is None:
+        return None
+    identity = getattr(grant, "identity", grant)
+    return (identity.username, set(identity.groups))
 
 
 # -- configuration ----------------------------------------------------------------
@@ -246,9 +250,9 @@ async def test_validated_tokens_are_cached_but_never_past_their_exp(
     )
     first = await backend.authenticate_bearer(token)
     assert identity_of(first) == ("gina", {"g"})
-    # A caller mutating its identity does not change what the cache returns.
+    # The cached grant is frozen: no caller can change what the next one gets.
     assert first is not None
-    first.groups.add("injected")
+    assert isinstance(first.identity.groups, frozenset)
     assert identity_of(await backend.authenticate_bearer(token)) == ("gina", {"g"})
     await asyncio.sleep(max(0.0, now + 1.05 - time.time()))
     assert await backend.authenticate_bearer(token) is None

@@ -9,24 +9,23 @@ from fusion.server.auth.config import SessionConfig
 from fusion.server.auth.session import SessionManager
 
 
-async def test_load_follows_the_store_not_the_cache(store: SharedStore) -> None:
+async def test_load_follows_the_store(store: SharedStore) -> None:
     sessions = SessionManager(store, SessionConfig())
     replica = SessionManager(store, SessionConfig())  # another process on the same store
-    alice = Identity(username="alice", groups={"dfir"})
+    alice = Identity(username="alice", groups=frozenset({"dfir"}))
     session_id = await sessions.create(alice)
     first = await sessions.load(session_id)
     assert first == alice
-    assert await sessions.load(session_id) is first  # same bytes: decoded once
     # The stored identity changes (groups refreshed at a new login elsewhere).
     await store.set(
         sessions.prefix + session_id,
-        Identity(username="alice", groups={"dfir", "cert"}).to_json(),
+        Identity(username="alice", groups=frozenset({"dfir", "cert"})).to_json(),
         ttl=60,
     )
     changed = await sessions.load(session_id)
     assert changed is not None
     assert changed.groups == {"dfir", "cert"}
-    # Revoked by the other replica: gone here at once, the cache notwithstanding.
+    # Revoked by the other replica: gone here at once.
     assert await replica.revoke(session_id)
     assert await sessions.load(session_id) is None
     # Unknown, malformed and undecodable sessions are no one.
@@ -39,27 +38,10 @@ async def test_load_follows_the_store_not_the_cache(store: SharedStore) -> None:
 
 async def test_two_sessions_of_one_user_stay_apart(store: SharedStore) -> None:
     sessions = SessionManager(store, SessionConfig())
-    alice = Identity(username="alice", groups={"dfir"})
+    alice = Identity(username="alice", groups=frozenset({"dfir"}))
     first, second = await sessions.create(alice), await sessions.create(alice)
     one, two = await sessions.load(first), await sessions.load(second)
     assert one == two == alice
-    assert one is not two  # per-request properties (the session id) are not shared
     await sessions.revoke(first)
     assert await sessions.load(first) is None
     assert await sessions.load(second) == alice
-
-
-async def test_load_now_answers_only_for_in_process_stores(store: SharedStore) -> None:
-    sessions = SessionManager(store, SessionConfig())
-    alice = Identity(username="alice", groups={"dfir"})
-    session_id = await sessions.create(alice)
-    known, identity = sessions.load_now(session_id)
-    if store.remote:
-        assert (known, identity) == (False, None)  # Redis: await load()
-    else:
-        assert known
-        assert identity == alice
-        assert identity is await sessions.load(session_id)
-        await sessions.revoke(session_id)
-        assert sessions.load_now(session_id) == (True, None)
-    assert sessions.load_now("malformed") == (True, None)

@@ -155,7 +155,7 @@ async def test_create_retrieve_roundtrip_with_extra_fields(storage: SQLiteStorag
     assert isinstance(loaded, TimelineCase)
     assert loaded == case
     assert loaded.priority is Priority.HIGH
-    assert await storage.retrieve_case_json(case.guid) == case.to_json()
+    assert (await storage.retrieve_versioned_case(case.guid)) == (case, 1)
 
 
 async def test_extra_fields_survive_a_restart(tmp_path: Path) -> None:
@@ -169,7 +169,7 @@ async def test_extra_fields_survive_a_restart(tmp_path: Path) -> None:
 
 async def test_retrieve_unknown_case(storage: SQLiteStorage) -> None:
     assert await storage.retrieve_case(uuid4()) is None
-    assert await storage.retrieve_case_json(uuid4()) is None
+    assert await storage.retrieve_versioned_case(uuid4()) is None
 
 
 async def test_create_existing_guid_is_refused_and_keeps_the_first(
@@ -345,29 +345,31 @@ async def test_attach_onto_itself_is_a_no_op(storage: SQLiteStorage) -> None:
 
 async def test_identities_upsert_by_username(storage: SQLiteStorage) -> None:
     assert await storage.enumerate_identities() == []
-    await storage.store_identity(Identity(username="zoe", groups={"analysts"}))
+    await storage.store_identity(Identity(username="zoe", groups=frozenset({"analysts"})))
     await storage.store_identity(Identity(username="adam"))
-    await storage.store_identity(Identity(username="zoe", groups={"admins", "auditors"}))
-    await storage.store_identity(Identity(username="zoe", groups={"admins", "auditors"}))
+    await storage.store_identity(Identity(username="zoe", groups=frozenset({"admins", "auditors"})))
+    await storage.store_identity(Identity(username="zoe", groups=frozenset({"admins", "auditors"})))
     assert await storage.enumerate_identities() == [
         Identity(username="adam"),
-        Identity(username="zoe", groups={"admins", "auditors"}),
+        Identity(username="zoe", groups=frozenset({"admins", "auditors"})),
     ]
 
 
 async def test_identities_survive_a_restart(tmp_path: Path) -> None:
     async with SQLiteStorage(tmp_path) as storage:
-        await storage.store_identity(Identity(username="kim", groups={"g"}))
+        await storage.store_identity(Identity(username="kim", groups=frozenset({"g"})))
     async with SQLiteStorage(tmp_path) as storage:
-        assert await storage.enumerate_identities() == [Identity(username="kim", groups={"g"})]
+        assert await storage.enumerate_identities() == [
+            Identity(username="kim", groups=frozenset({"g"}))
+        ]
 
 
 async def test_unchanged_identity_is_not_rewritten(storage: SQLiteStorage) -> None:
-    identity = Identity(username="robot", groups={"bots"})
+    identity = Identity(username="robot", groups=frozenset({"bots"}))
     await storage.store_identity(identity)
     version_before = _total_changes_on_disk(storage.path)
     for _ in range(50):
-        await storage.store_identity(Identity(username="robot", groups={"bots"}))
+        await storage.store_identity(Identity(username="robot", groups=frozenset({"bots"})))
     assert _total_changes_on_disk(storage.path) == version_before
 
 
@@ -440,7 +442,7 @@ async def main() -> None:
                 await storage.create_case(Case(guid=UUID(sys.argv[3]), name=sys.argv[2]))
             except CaseExistsError:
                 pass
-            await storage.store_identity(Identity(username="shared", groups={sys.argv[2]}))
+            await storage.store_identity(Identity(username="shared", groups=frozenset({sys.argv[2]})))
 
 asyncio.run(main())
 """

@@ -11,28 +11,22 @@ from fusion.concept._concept import Concept
 __all__ = ["Identities", "Identity"]
 
 
-class Identity(Concept, kw_only=True, dict=True):
+class Identity(Concept, kw_only=True, frozen=True):  # type: ignore[misc]  # msgspec allows it
     """A user or robot: ``{"username", "groups"}``.
 
-    Server-side properties (tokens, expiry, ...) go in :attr:`properties`,
-    which is never serialised.
+    Frozen (``groups`` a frozenset): one Identity is shared by every request of
+    an API key or a cached session, and handed to service hooks, so nobody may
+    change it. What the server knows of a request beyond who is calling (how it
+    authenticated, its session) lives beside it, never in it.
     """
 
     username: str
-    groups: set[str] = msgspec.field(default_factory=set)
+    groups: frozenset[str] = frozenset()
 
     @property
-    def acs(self) -> set[str]:
+    def acs(self) -> frozenset[str]:
         """The access control set: the username and every group."""
-        return {self.username, *self.groups}
-
-    @property
-    def properties(self) -> dict[str, Any]:
-        """Server-only properties, never serialised."""
-        props: dict[str, Any] | None = self.__dict__.get("_properties")
-        if props is None:
-            props = self.__dict__["_properties"] = {}
-        return props
+        return self.groups | {self.username}
 
 
 class Identities(Concept, kw_only=True):

@@ -137,10 +137,6 @@ class MemoryStore(SharedStore):
         return entry
 
     # -- keys ---------------------------------------------------------------
-    def peek(self, key: str) -> tuple[bool, bytes | None]:
-        entry = self._live(key, time.monotonic())
-        return (True, None if entry is None else entry[0])
-
     async def get(self, key: str) -> bytes | None:
         entry = self._live(key, time.monotonic())
         return None if entry is None else entry[0]

@@ -79,11 +79,6 @@ class SharedStore(ABC):
     async def get(self, key: str) -> bytes | None:
         """Value of ``key``, or None when absent or expired."""
 
-    def peek(self, key: str) -> tuple[bool, bytes | None]:
-        """``(True, value)`` when the store can answer :meth:`get` at once, without
-        I/O (in-process stores); ``(False, None)`` when it must be awaited."""
-        return (False, None)
-
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """Values of ``keys``, in order (None for each absent one); one round trip
         where the backend allows (MGET on Redis)."""

@@ -8,11 +8,13 @@ from fusion.server.auth.access import Access, Action, can_access_case, can_delet
 from fusion.server.auth.api import FusionAuthAPI
 from fusion.server.auth.backend import (
     BackendUnavailableError,
+    BearerGrant,
     FusionAuthBackend,
     FusionAuthBackendConfig,
     LoginBodyError,
 )
 from fusion.server.auth.basic import BasicBackend, BasicBackendConfig, BasicUser, hash_password
+from fusion.server.auth.caller import Caller, CallerSource
 from fusion.server.auth.config import (
     APIKeyConfig,
     FederationConfig,
@@ -31,6 +33,9 @@ __all__ = [
     "BasicBackend",
     "BasicBackendConfig",
     "BasicUser",
+    "BearerGrant",
+    "Caller",
+    "CallerSource",
     "FederationConfig",
     "FusionAuthAPI",
     "FusionAuthAPIConfig",

@@ -25,9 +25,11 @@ from fusion.server.appkeys import AUTH, CONFIG, STORAGE, STORE
 from fusion.server.auth.access import Access, Action, can_access_case, can_delete
 from fusion.server.auth.backend import (
     BackendUnavailableError,
+    BearerGrant,
     FusionAuthBackend,
     LoginBodyError,
 )
+from fusion.server.auth.caller import Caller
 from fusion.server.auth.config import FusionAuthAPIConfig
 from fusion.server.auth.session import SessionManager
 from fusion.server.storage import FusionStorage
@@ -36,18 +38,13 @@ __all__ = ["FusionAuthAPI"]
 
 _LOGGER = logging.getLogger("fusion.server.auth")
 
-_IDENTITY_KEY = web.RequestKey("fusion_identity", Identity)
+_CALLER_KEY = web.RequestKey("fusion_caller", Caller)
 _API_TOKEN_HEADER = "X-Fusion-API-Token"  # noqa: S105 - a header name
 _DEFAULT_MAX_BODY = 64 * 1024
 # The longest tried username an audit record keeps (usernames are attacker-chosen).
 _AUDIT_NAME_MAX = 128
 # Methods a cross-site page can send; a cookie alone must not carry their JSON bodies.
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# Properties kept on the Identity of a request (never serialised).
-_SOURCE = "source"
-_SESSION_ID = "session_id"
-_FEDERATION = "federation"
-_RECORDED = "recorded"
 SESSION_ENDED_CHANNEL = "fusion:session:ended"
 """A logout publishes the id of the session it revoked here, so the event API
 of every replica ends that session's streams at once."""
@@ -55,12 +52,6 @@ of every replica ends that session's streams at once."""
 
 def _capped(name: str) -> str:
     return name if len(name) <= _AUDIT_NAME_MAX else name[:_AUDIT_NAME_MAX] + "..."
-
-
-def _mark_session(identity: Identity, session_id: str) -> None:
-    properties = identity.properties
-    properties[_SOURCE] = "session"
-    properties[_SESSION_ID] = session_id
 
 
 class FusionAuthAPI:
@@ -83,24 +74,20 @@ class FusionAuthAPI:
         self.backend = backend
         self.trusted_proxies = tuple(trusted_proxies)
         self.max_body_size = max_body_size
-        self._keys: dict[str, Identity] = {}
-        for api_key in config.api_keys:
-            self._keys[api_key.digest] = Identity(
-                username=api_key.username, groups=set(api_key.groups)
+        # SHA-256 of each key -> its caller (frozen: shared by all its requests).
+        self._keys: dict[str, Caller] = {
+            api_key.digest: Caller(
+                Identity(username=api_key.username, groups=frozenset(api_key.groups)), "key"
             )
+            for api_key in config.api_keys
+        }
         if config.federation is not None:
-            federation = Identity(
-                username=config.federation.username, groups=set(config.federation.groups)
-            )
-            federation.properties[_FEDERATION] = True
-            self._keys[config.federation.digest] = federation
-        for identity in self._keys.values():
-            identity.properties[_SOURCE] = "key"
+            federation = config.federation
+            identity = Identity(username=federation.username, groups=frozenset(federation.groups))
+            self._keys[federation.digest] = Caller(identity, "key", federation=True)
         self._can_delete = frozenset(config.can_delete)
         self._cookie_name = config.session.cookie_name
         self._cookie_prefix = self._cookie_name + "="
-        # The hook costs a coroutine per request: only awaited when overridden.
-        self._has_authorize_impl = type(self).authorize_impl is not FusionAuthAPI.authorize_impl
         # username -> groups already written to storage by this process, so that
         # recording the identities seen is not a storage write per request.
         self._seen: dict[str, frozenset[str]] = {}
@@ -158,51 +145,54 @@ class FusionAuthAPI:
         """The caller's address (X-Forwarded-For only believed from trusted proxies)."""
         return client_ip(request, self.trusted_proxies)
 
-    async def identify(self, request: web.Request) -> Identity | None:
-        """The caller's Identity, or None when the request carries no credentials.
+    async def identify(self, request: web.Request) -> Caller | None:
+        """The request's caller, or None when it carries no credentials.
 
         Sources, in order: ``X-Fusion-API-Token``, ``Authorization: Bearer``,
         the session cookie. Presented but invalid credentials raise 401 so a
         robot with a wrong key learns it at once; the backend being unreachable
-        raises 503.
+        raises 503. Resolved once per request.
         """
+        caller = request.get(_CALLER_KEY)
+        if caller is None:
+            caller = await self._resolve(request)
+            if caller is None:
+                return None
+            request[_CALLER_KEY] = caller
+        return caller
+
+    async def _resolve(self, request: web.Request) -> Caller | None:
         token = request.headers.get(_API_TOKEN_HEADER)
         if token is not None:
-            # Hashing the key again is cheaper than caching it on the request.
-            identity = self._identity_of_key(token)
-            if identity is None:
-                self._audit_bad_key(request, token)
+            digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+            # Only digests are compared (by the dict lookup): how long a wrong
+            # guess takes tells nothing about the key itself.
+            caller = self._keys.get(digest)
+            if caller is None:
+                self._audit_bad_key(request, digest)
                 raise FusionHTTPError(401, "invalid API key")
-            if not identity.properties.get(_RECORDED):
-                await self._record_identity(identity)
-            return identity
-        # Sessions and tokens cost a round trip: resolved once per request.
-        cached: Identity | None = request.get(_IDENTITY_KEY)
-        if cached is not None:
-            return cached
+            await self._record_identity(caller.identity)
+            return caller
         authorization = request.headers.get("Authorization")
         if authorization is not None and authorization[:7].lower() == "bearer ":
-            identity = await self._identity_of_bearer(authorization[7:].strip())
-            if identity is None:
+            grant = await self._bearer_grant(authorization[7:].strip())
+            if grant is None:
                 raise FusionHTTPError(
                     401, "invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
                 )
-            await self._record_identity(identity)
-        else:
-            session_id = self._session_cookie(request)
-            if session_id is None:
-                return None
-            identity = await self.sessions.load(session_id)
-            if identity is None:
-                return None
-            _require_typed_body(request)
-            _mark_session(identity, session_id)
-        request[_IDENTITY_KEY] = identity
-        return identity
+            await self._record_identity(grant.identity)
+            return Caller(grant.identity, "bearer", expires=grant.expires)
+        session_id = self._session_cookie(request)
+        if session_id is None:
+            return None
+        identity = await self.sessions.load(session_id)
+        if identity is None:
+            return None
+        _require_typed_body(request)
+        return Caller(identity, "session", session_id=session_id)
 
-    def _audit_bad_key(self, request: web.BaseRequest, token: str) -> None:
+    def _audit_bad_key(self, request: web.BaseRequest, digest: str) -> None:
         # A prefix of the digest tells keys apart in the log without giving one away.
-        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
         self.audit(
             request,
             None,
@@ -227,156 +217,79 @@ class FusionAuthAPI:
                 return value
         return None
 
-    def known_caller(self, request: web.Request) -> Identity | None:
-        """The caller's Identity when it is known without any I/O (an API key
-        already seen by this process, a session in a ``memory://`` store); None
-        otherwise, whatever the reason: then await :meth:`authenticate`."""
-        headers = request.headers
-        token = headers.get(_API_TOKEN_HEADER)
-        if token is not None:
-            identity = self._identity_of_key(token)
-            if identity is None or not identity.properties.get(_RECORDED):
-                return None
-            return identity
-        if "Authorization" in headers:
-            return None  # a bearer token: the backend decides
-        session_id = self._session_cookie(request)
-        if session_id is None:
-            return None
-        # A store that must be awaited, and a dead session (401), go the awaited way.
-        _, identity = self.sessions.load_now(session_id)
-        if identity is None:
-            return None
-        _require_typed_body(request)
-        _mark_session(identity, session_id)
-        request[_IDENTITY_KEY] = identity
-        return identity
+    async def caller(self, request: web.Request) -> Caller:
+        """The request's caller; 401 in the envelope when there is none."""
+        caller = await self.identify(request)
+        if caller is None:
+            raise FusionHTTPError(401, "authentication required")
+        return caller
 
     async def authenticate(self, request: web.Request) -> Identity:
         """The caller's Identity; 401 in the envelope when there is none."""
-        identity = await self.identify(request)
-        if identity is None:
-            raise FusionHTTPError(401, "authentication required")
-        return identity
+        return (await self.caller(request)).identity
 
-    def _identity_of_key(self, token: str) -> Identity | None:
-        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
-        # Only digests are compared (by the dict lookup): how long a wrong
-        # guess takes tells nothing about the key itself.
-        return self._keys.get(digest)
-
-    async def _identity_of_bearer(self, token: str) -> Identity | None:
+    async def _bearer_grant(self, token: str) -> BearerGrant | None:
         if self.backend is None or not token:
             return None
         try:
-            identity = await self.backend.authenticate_bearer(token)
+            return await self.backend.authenticate_bearer(token)
         except BackendUnavailableError as exc:
             _LOGGER.warning("authentication backend unavailable: %s", exc)
             raise FusionHTTPError(503, "authentication backend unavailable") from None
-        if identity is not None:
-            identity.properties[_SOURCE] = "bearer"
-        return identity
 
     async def _record_identity(self, identity: Identity) -> None:
-        properties = identity.properties
-        if properties.get(_RECORDED):
-            return  # an API key's shared Identity, already written
-        groups = frozenset(identity.groups)
-        if self._seen.get(identity.username) == groups:
+        # username -> groups this process already wrote: no storage write per request.
+        if self._seen.get(identity.username) == identity.groups:
             return
-        await self.storage.store_identity(
-            Identity(username=identity.username, groups=set(identity.groups))
-        )
-        self._seen[identity.username] = groups
-        if properties.get(_SOURCE) == "key":
-            properties[_RECORDED] = True
+        await self.storage.store_identity(identity)
+        self._seen[identity.username] = identity.groups
 
     # -- decisions ------------------------------------------------------------
-    @staticmethod
-    def is_federation(identity: Identity) -> bool:
-        """True for the federation key's identity (never for a session or token)."""
-        return identity.properties.get(_FEDERATION) is True
+    def can_delete(self, caller: Caller) -> bool:
+        """Whether ``caller`` holds the delete right (``can_delete`` in the config)."""
+        return caller.federation or can_delete(caller.identity, self._can_delete)
 
-    def can_delete(self, identity: Identity) -> bool:
-        """Whether ``identity`` holds the delete right (``can_delete`` in the config)."""
-        return self.is_federation(identity) or can_delete(identity, self._can_delete)
-
-    def case_access(self, identity: Identity, case: Case) -> Access | None:
-        """Access of ``identity`` to ``case``: the federation key may change every case."""
-        if self.is_federation(identity):
+    def case_access(self, caller: Caller, case: Case) -> Access | None:
+        """Access of ``caller`` to ``case``: the federation key may change every case."""
+        if caller.federation:
             return Access.CHANGE
-        return can_access_case(identity, case)
+        return can_access_case(caller.identity, case)
 
     async def authorize_impl(self, identity: Identity, action: Action, case: Case | None) -> bool:
         """Service hook, called after the framework's checks passed: return False to refuse.
 
-        ``identity`` and ``case`` are shared with other requests (decoded once
-        and cached): read them, never modify them.
+        ``identity`` is frozen; ``case`` is the request's own copy.
         """
         return True
 
     async def authorize(
-        self,
-        request: web.Request,
-        action: Action,
-        case: Case | None = None,
-        *,
-        identity: Identity | None = None,
+        self, request: web.Request, action: Action, case: Case | None = None
     ) -> Identity:
-        """Authenticate (unless ``identity`` is the caller's, already known), then
-        check ``action`` (on ``case``) for the caller.
+        """Authenticate, then check ``action`` (on ``case``) for the caller.
 
         401 without credentials; 403 when refused. Every decision is audited.
         """
-        if identity is None:
-            identity = await self.authenticate(request)
-        reason = self._refusal(identity, action, case)
-        if (
-            reason is None
-            and self._has_authorize_impl
-            and not await self.authorize_impl(identity, action, case)
-        ):
+        caller = await self.caller(request)
+        identity = caller.identity
+        reason = self._refusal(caller, action, case)
+        if reason is None and not await self.authorize_impl(identity, action, case):
             reason = "not authorized"
-        self._conclude(request, identity, action, case, reason)
+        if reason is not None:
+            self.audit(request, identity, action, case, granted=False, reason=reason)
+            raise FusionHTTPError(403, reason)
+        self._audit_granted(request, identity.username, action.name, case, action.context)
         return identity
 
-    def authorize_now(
-        self, request: web.BaseRequest, action: Action, case: Case | None, identity: Identity
-    ) -> bool:
-        """:meth:`authorize` without awaiting, for hot paths: True when decided
-        (granted and audited; 403 raised when refused); False when the service's
-        :meth:`authorize_impl` hook must be awaited: call :meth:`authorize` then."""
-        if self._has_authorize_impl:
-            return False
-        self._conclude(request, identity, action, case, self._refusal(identity, action, case))
-        return True
-
-    def _conclude(
-        self,
-        request: web.BaseRequest,
-        identity: Identity,
-        action: Action,
-        case: Case | None,
-        reason: str | None,
-    ) -> None:
-        if reason is None:
-            # The hottest line of every API: straight to the trail.
-            self._audit_granted(request, identity.username, action.name, case, action.context)
-            return
-        self.audit(request, identity, action, case, granted=False, reason=reason)
-        raise FusionHTTPError(403, reason)
-
-    def _refusal(self, identity: Identity, action: Action, case: Case | None) -> str | None:
-        federation = self.is_federation(identity)
-        if action.federation and not federation:
+    def _refusal(self, caller: Caller, action: Action, case: Case | None) -> str | None:
+        if action.federation and not caller.federation:
             return "only the federation key may do this"
-        if case is not None and not federation:
-            access = can_access_case(identity, case)
+        if case is not None and not caller.federation:
+            access = can_access_case(caller.identity, case)
             if access is None:
                 return "access to this case denied"
             if action.change and access is Access.READ:
                 return "read-only access to this case"
-        if action.delete and not self.can_delete(identity):
+        if action.delete and not self.can_delete(caller):
             return "delete right required"
         return None
 
@@ -561,20 +474,12 @@ class FusionAuthAPI:
         self._set_session_cookie(request, response, session_id)
         return response
 
-    @staticmethod
-    def session_of(identity: Identity) -> str | None:
-        """The session id behind ``identity`` (None: an API key or a bearer token)."""
-        if identity.properties.get(_SOURCE) != "session":
-            return None
-        session_id: str | None = identity.properties.get(_SESSION_ID)
-        return session_id
-
     async def logout(self, request: web.Request) -> web.Response:
         """``GET /api/auth/logout``: revoke the caller's session on every replica,
         and end its event streams there."""
-        identity = await self.identify(request)
-        session_id = None if identity is None else self.session_of(identity)
-        if identity is None or session_id is None:
+        caller = await self.identify(request)
+        session_id = None if caller is None else caller.session_id
+        if caller is None or session_id is None:
             raise FusionHTTPError(401, "no session")
         await self.sessions.revoke(session_id)
         try:
@@ -582,7 +487,7 @@ class FusionAuthAPI:
         except StoreUnavailableError as exc:
             # The session is gone: the streams' periodic session check ends them.
             _LOGGER.warning("logout not announced to the event streams: %s", exc)
-        self.audit(request, identity, "logout", granted=True)
+        self.audit(request, caller.identity, "logout", granted=True)
         response = json_response()
         session = self.config.session
         response.del_cookie(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import msgspec
 
@@ -12,6 +12,7 @@ from fusion.concept import AuthInfo, Identity
 
 __all__ = [
     "BackendUnavailableError",
+    "BearerGrant",
     "FusionAuthBackend",
     "FusionAuthBackendConfig",
     "LoginBodyError",
@@ -22,6 +23,13 @@ __all__ = [
 
 class BackendUnavailableError(Exception):
     """The directory or identity provider cannot be reached: the API answers 503."""
+
+
+class BearerGrant(NamedTuple):
+    """What a valid bearer token grants: who, and until when (epoch seconds, or None)."""
+
+    identity: Identity
+    expires: float | None = None
 
 
 class LoginBodyError(ValueError):
@@ -72,8 +80,9 @@ class FusionAuthBackend(ABC):
     async def login(self, data: dict[str, Any]) -> Identity | None:
         """Authenticate the ``data`` object of a login body."""
 
-    async def authenticate_bearer(self, token: str) -> Identity | None:
-        """Identity of a valid ``Authorization: Bearer`` token; None when refused or unsupported."""
+    async def authenticate_bearer(self, token: str) -> BearerGrant | None:
+        """Who a valid ``Authorization: Bearer`` token names, and until when; None
+        when refused or unsupported."""
         return None
 
     def login_username(self, data: dict[str, Any]) -> str | None:

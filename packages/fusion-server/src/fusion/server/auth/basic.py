@@ -97,7 +97,7 @@ class BasicBackend(FusionAuthBackend):
         verified = await asyncio.to_thread(_verify, encoded, password)
         if user is None or not verified:
             return None
-        return Identity(username=user.username, groups=set(user.groups))
+        return Identity(username=user.username, groups=frozenset(user.groups))
 
     def info(self) -> AuthInfo:
         return AuthInfo(type=self.type, parameters={})

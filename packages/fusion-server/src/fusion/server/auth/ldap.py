@@ -331,7 +331,7 @@ class LDAPBackend(FusionAuthBackend):
         if not name or has_control_characters(name):
             _LOGGER.warning("LDAP entry %s has no usable %s value", user_dn, attribute)
             return None
-        return Identity(username=name, groups=groups)
+        return Identity(username=name, groups=frozenset(groups))
 
     def _wanted_attributes(self) -> list[str]:
         config = self.config

@@ -19,6 +19,7 @@ import msgspec
 from fusion.concept import AuthInfo, Identity
 from fusion.server.auth.backend import (
     BackendUnavailableError,
+    BearerGrant,
     FusionAuthBackend,
     FusionAuthBackendConfig,
     LoginBodyError,
@@ -165,8 +166,8 @@ class OIDCBackend(FusionAuthBackend):
         self._lock = asyncio.Lock()
         self._last_failure: tuple[float, BackendUnavailableError] | None = None
         # sha256(token) -> (identity, monotonic deadline)
-        # digest -> (identity, monotonic deadline of the cache entry, token expiry or None)
-        self._bearer_cache: OrderedDict[bytes, tuple[Identity, float, float | None]] = OrderedDict()
+        # digest -> (what the token grants, monotonic deadline of the cache entry)
+        self._bearer_cache: OrderedDict[bytes, tuple[BearerGrant, float]] = OrderedDict()
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -232,15 +233,15 @@ class OIDCBackend(FusionAuthBackend):
             _LOGGER.info("OIDC login refused: %s", refused)
             return None
 
-    async def authenticate_bearer(self, token: str) -> Identity | None:
+    async def authenticate_bearer(self, token: str) -> BearerGrant | None:
         digest = hashlib.sha256(token.encode(errors="surrogateescape")).digest()
         cached = self._bearer_cache.get(digest)
         now = time.monotonic()
         if cached is not None:
-            identity, deadline, expires = cached
+            grant, deadline = cached
             if now < deadline:
                 self._bearer_cache.move_to_end(digest)
-                return _bearer_identity(identity, expires)
+                return grant
             del self._bearer_cache[digest]
         try:
             claims = await self._validate(token)
@@ -252,8 +253,9 @@ class OIDCBackend(FusionAuthBackend):
         # Valid until exp plus the leeway the validation grants: an event stream
         # opened with the token ends then.
         expires = float(exp) + self.config.leeway if isinstance(exp, int | float) else None
-        self._remember(digest, identity, claims, expires)
-        return _bearer_identity(identity, expires)
+        grant = BearerGrant(identity, expires)
+        self._remember(digest, grant, claims)
+        return grant
 
     def info(self) -> AuthInfo:
         config = self.config
@@ -272,9 +274,7 @@ class OIDCBackend(FusionAuthBackend):
 
     # -- bearer cache -----------------------------------------------------------------
 
-    def _remember(
-        self, digest: bytes, identity: Identity, claims: dict[str, Any], expires: float | None
-    ) -> None:
+    def _remember(self, digest: bytes, grant: BearerGrant, claims: dict[str, Any]) -> None:
         size = self.config.bearer_cache_size
         if size == 0 or self.config.bearer_cache_ttl == 0:
             return
@@ -285,7 +285,7 @@ class OIDCBackend(FusionAuthBackend):
             lifetime = min(lifetime, float(expires) - time.time())
         if lifetime <= 0:
             return
-        self._bearer_cache[digest] = (identity, time.monotonic() + lifetime, expires)
+        self._bearer_cache[digest] = (grant, time.monotonic() + lifetime)
         self._bearer_cache.move_to_end(digest)
         while len(self._bearer_cache) > size:
             self._bearer_cache.popitem(last=False)
@@ -502,16 +502,7 @@ class OIDCBackend(FusionAuthBackend):
                 groups = {item for item in value if isinstance(item, str) and item}
         if config.allowed_groups and not groups.intersection(config.allowed_groups):
             raise _Refused(f"{username} is in none of the allowed groups")
-        return Identity(username=username, groups=groups)
-
-
-def _bearer_identity(identity: Identity, expires: float | None) -> Identity:
-    """A copy of a cached identity for one request, with the token's expiry
-    (``properties["expires"]``, epoch seconds) when it has one."""
-    copy = Identity(username=identity.username, groups=set(identity.groups))
-    if expires is not None:
-        copy.properties["expires"] = expires
-    return copy
+        return Identity(username=username, groups=frozenset(groups))
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:

@@ -16,7 +16,6 @@ __all__ = ["SessionManager"]
 # token_urlsafe(32): 43 characters of the URL-safe alphabet.
 _SESSION_ID = re.compile(r"[A-Za-z0-9_\-]{43}")
 _IDENTITY_DECODER = msgspec.json.Decoder(Identity)
-_DECODED_CACHE_SIZE = 4096
 
 
 class SessionManager:
@@ -35,10 +34,6 @@ class SessionManager:
         self.prefix = prefix
         # Concurrent loads of one loop iteration share one round trip (MGET).
         self._read = GetBatcher(store).get if store.remote else store.get
-        # session id -> (stored bytes, their Identity): the store is read on every
-        # load (a logout anywhere is seen at once), the decoding skipped when the
-        # bytes did not change.
-        self._decoded: dict[str, tuple[bytes, Identity]] = {}
 
     @staticmethod
     def valid_id(session_id: str) -> bool:
@@ -57,38 +52,17 @@ class SessionManager:
         """The identity of a live session; None when unknown, expired or malformed."""
         if not self.valid_id(session_id):
             return None
-        return self._identity(session_id, await self._read(self.prefix + session_id))
-
-    def load_now(self, session_id: str) -> tuple[bool, Identity | None]:
-        """:meth:`load` without awaiting: ``(True, identity or None)`` when the
-        store answers at once (``memory://``), ``(False, None)`` when it cannot."""
-        if not self.valid_id(session_id):
-            return (True, None)
-        known, raw = self.store.peek(self.prefix + session_id)
-        if not known:
-            return (False, None)
-        return (True, self._identity(session_id, raw))
-
-    def _identity(self, session_id: str, raw: bytes | None) -> Identity | None:
-        decoded = self._decoded
+        raw = await self._read(self.prefix + session_id)
         if raw is None:
-            decoded.pop(session_id, None)
             return None
-        known = decoded.get(session_id)
-        if known is not None and (known[0] is raw or known[0] == raw):
-            return known[1]
         try:
             identity: Identity = _IDENTITY_DECODER.decode(raw)
         except (msgspec.DecodeError, RecursionError):
             return None
-        if len(decoded) >= _DECODED_CACHE_SIZE:
-            decoded.clear()
-        decoded[session_id] = (raw, identity)
         return identity
 
     async def revoke(self, session_id: str) -> bool:
         """Delete a session everywhere; False when it did not exist."""
         if not self.valid_id(session_id):
             return False
-        self._decoded.pop(session_id, None)
         return await self.store.delete(self.prefix + session_id) > 0

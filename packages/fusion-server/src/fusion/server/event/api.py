@@ -22,6 +22,7 @@ from fusion.helper.store import SharedStore, StoreMessage, StoreUnavailableError
 from fusion.server.appkeys import AUTH, EVENTS, PUBSUB, STORAGE, STORE
 from fusion.server.auth.access import Action
 from fusion.server.auth.api import SESSION_ENDED_CHANNEL, FusionAuthAPI
+from fusion.server.auth.caller import Caller
 from fusion.server.event.config import FusionEventConfig
 from fusion.server.event.watchers import CaseWatchers
 from fusion.server.event.webhook_url import url_under_prefix
@@ -39,8 +40,8 @@ _LOGGER = logging.getLogger(__name__)
 CaseReadAuthorizer = Callable[[web.Request, UUID], Awaitable[tuple[Identity, Case]]]
 """Who is calling and the case they may read; raises FusionHTTPError 401/403/404 otherwise."""
 
-CaseReadCheck = Callable[[Identity, Case], bool]
-"""Whether the identity may still read the case an event carries."""
+CaseReadCheck = Callable[[Caller, Case], bool]
+"""Whether the caller may still read the case an event carries."""
 
 _EMPTY_HISTORY_ID = "0-0"
 _SSE_HEADERS = {
@@ -76,10 +77,10 @@ class _Stream:
     """One open event stream, tracked so shutdown, logout and the limits can end it."""
 
     __slots__ = (
+        "caller",
         "case_guid",
         "ended",
         "expires",
-        "identity",
         "last_write",
         "request",
         "response",
@@ -90,15 +91,14 @@ class _Stream:
     )
 
     def __init__(
-        self, request: web.Request, case_guid: UUID, identity: Identity, subscription: Subscription
+        self, request: web.Request, case_guid: UUID, caller: Caller, subscription: Subscription
     ) -> None:
         self.request = request
         self.case_guid = case_guid
-        self.identity = identity
-        self.session_id = FusionAuthAPI.session_of(identity)
-        expires = identity.properties.get("expires")
-        # A bearer token's expiry (epoch seconds), when the backend put it there.
-        self.expires: float | None = expires if isinstance(expires, int | float) else None
+        self.caller = caller
+        self.session_id = caller.session_id
+        # A bearer token's expiry (epoch seconds).
+        self.expires = caller.expires
         self.subscription = subscription
         self.task = asyncio.current_task()
         self.response: web.StreamResponse | None = None
@@ -109,7 +109,7 @@ class _Stream:
 
     @property
     def username(self) -> str:
-        return self.identity.username
+        return self.caller.username
 
     def end(self, reason: str) -> None:
         """Stop at once: nothing queued or published later is sent."""
@@ -194,8 +194,8 @@ class FusionEventAPI:
         if self._may_read is None and self._auth is not None:
             auth = self._auth
 
-            def may_read(identity: Identity, case: Case) -> bool:
-                return auth.case_access(identity, case) is not None
+            def may_read(caller: Caller, case: Case) -> bool:
+                return auth.case_access(caller, case) is not None
 
             self._may_read = may_read
         self._closing = False
@@ -316,23 +316,24 @@ class FusionEventAPI:
             del self._admitted_by_username[username]
 
     async def _stream_events(
-        self, request: web.Request, identity: Identity, case: Case, after_id: str
+        self, request: web.Request, caller: Caller, case: Case, after_id: str
     ) -> web.StreamResponse:
-        self._admit(identity.username)
+        self._admit(caller.username)
         try:
-            return await self._run_stream(request, identity, case, after_id)
+            return await self._run_stream(request, caller, case, after_id)
         finally:
-            self._release(identity.username)
+            self._release(caller.username)
 
-    def _allowed(self, identity: Identity, head: _EventHead | None) -> bool:
+    def _allowed(self, caller: Caller, head: _EventHead | None) -> bool:
         if head is None or head.case is None:
             return False  # not an event: nothing to check it against
         may_read = self._may_read
-        return may_read is None or may_read(identity, head.case)
+        return may_read is None or may_read(caller, head.case)
 
     async def _run_stream(
-        self, request: web.Request, identity: Identity, case: Case, after_id: str
+        self, request: web.Request, caller: Caller, case: Case, after_id: str
     ) -> web.StreamResponse:
+        identity = caller.identity
         channel = case_channel(case.guid)
         subscription = self.pubsub.subscribe(
             channel,
@@ -340,7 +341,7 @@ class FusionEventAPI:
             max_bytes=self.config.queue_bytes,
             end_on_loss=True,
         )
-        stream = _Stream(request, case.guid, identity, subscription)
+        stream = _Stream(request, case.guid, caller, subscription)
         response: web.StreamResponse | None = None
         joined = False
         try:
@@ -382,7 +383,7 @@ class FusionEventAPI:
                     frame, about = self._frame(message)
                     # An older event may carry the case from before this
                     # caller could read it: skipped, not a reason to stop.
-                    if self._allowed(identity, about):
+                    if self._allowed(caller, about):
                         await response.write(frame)
                     last_id = message.id or last_id
             loop = asyncio.get_running_loop()
@@ -399,7 +400,7 @@ class FusionEventAPI:
                 if stream.ended is not None:
                     break
                 frame, about = self._frame(message)
-                if not self._allowed(identity, about):
+                if not self._allowed(caller, about):
                     if about is not None and about.category in _PRESENCE:
                         continue
                     stream.end("read access to the case lost")
@@ -579,10 +580,16 @@ class FusionEventAPI:
             raise FusionHTTPError(503, "server shutting down")
         case_guid = get_guid(request)
         identity, case = await self._read_access(request, case_guid)
+        # How the caller authenticated (its session, a token's expiry), resolved
+        # once per request by the auth API; a service's own authorizer vouches
+        # for callers of its own.
+        caller = None if self._auth is None else await self._auth.identify(request)
+        if caller is None or caller.identity != identity:
+            caller = Caller(identity, "service")
         last_event_id = request.headers.get("Last-Event-ID", "").strip()
         if message_id_key(last_event_id) == (-1, -1):
             last_event_id = ""
-        return await self._stream_events(request, identity, case, last_event_id)
+        return await self._stream_events(request, caller, case, last_event_id)
 
     async def close(self) -> None:
         """End every open stream and wait for them (``config.shutdown_timeout`` at most)."""

@@ -120,15 +120,6 @@ class FusionStorage(ABC):
         found = await self.retrieve_versioned_case(case_guid)
         return None if found is None else found.case
 
-    async def retrieve_case_json(self, case_guid: UUID) -> bytes | None:
-        """The case as JSON bytes, or None (lets the server answer without re-encoding).
-
-        The default encodes :meth:`retrieve_case`; implementations that keep
-        the JSON return it directly.
-        """
-        case = await self.retrieve_case(case_guid)
-        return None if case is None else case.to_json()
-
     @abstractmethod
     async def update_case(self, case: Case, *, expected_version: int | None = None) -> int:
         """Replace the whole stored case and return its new version.

@@ -319,10 +319,6 @@ class SQLiteStorage(FusionStorage):
             self._remember_case(generation, case_guid, row)
         return row
 
-    async def retrieve_case_json(self, case_guid: UUID) -> bytes | None:
-        data, _ = await self._stored_case(case_guid)
-        return data or None
-
     async def retrieve_versioned_case(self, case_guid: UUID) -> VersionedCase[Case] | None:
         data, version = await self._stored_case(case_guid)
         return VersionedCase(self._decode_case(data), version) if data else None
