@@ -442,7 +442,8 @@ async def main() -> None:
                 await storage.create_case(Case(guid=UUID(sys.argv[3]), name=sys.argv[2]))
             except CaseExistsError:
                 pass
-            await storage.store_identity(Identity(username="shared", groups=frozenset({sys.argv[2]})))
+            identity = Identity(username="shared", groups=frozenset({sys.argv[2]}))
+            await storage.store_identity(identity)
 
 asyncio.run(main())
 """
