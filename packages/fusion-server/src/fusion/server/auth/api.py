@@ -21,6 +21,7 @@ from fusion.helper.aiohttp import (
 )
 from fusion.helper.store import SharedStore, StoreUnavailableError
 from fusion.helper.tracing import AUDIT_LOGGER, AuditTrail
+from fusion.server._lifecycle import started
 from fusion.server.appkeys import AUTH, CONFIG, STORAGE, STORE
 from fusion.server.auth.access import Access, Action, can_access_case, can_delete
 from fusion.server.auth.backend import (
@@ -45,7 +46,7 @@ _DEFAULT_MAX_BODY = 64 * 1024
 _AUDIT_NAME_MAX = 128
 # Methods a cross-site page can send; a cookie alone must not carry their JSON bodies.
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-SESSION_ENDED_CHANNEL = "fusion:session:ended"
+SESSION_ENDED_CHANNEL = "session:ended"
 """A logout publishes the id of the session it revoked here, so the event API
 of every replica ends that session's streams at once."""
 
@@ -124,21 +125,15 @@ class FusionAuthAPI:
 
     @property
     def store(self) -> SharedStore:
-        if self._store is None:
-            raise RuntimeError("FusionAuthAPI used before the application started")
-        return self._store
+        return started(self._store, "FusionAuthAPI")
 
     @property
     def storage(self) -> FusionStorage:
-        if self._storage is None:
-            raise RuntimeError("FusionAuthAPI used before the application started")
-        return self._storage
+        return started(self._storage, "FusionAuthAPI")
 
     @property
     def sessions(self) -> SessionManager:
-        if self._sessions is None:
-            raise RuntimeError("FusionAuthAPI used before the application started")
-        return self._sessions
+        return started(self._sessions, "FusionAuthAPI")
 
     # -- who is calling -------------------------------------------------------
     def client_ip(self, request: web.BaseRequest) -> str:
@@ -352,11 +347,11 @@ class FusionAuthAPI:
 
     # -- login throttling -----------------------------------------------------
     def _throttle_keys(self, username: str | None, ip: str) -> list[str]:
-        keys = ["fusion:throttle:ip:" + ip]
+        keys = ["throttle:ip:" + ip]
         if username is not None:
             # Hashed: usernames are attacker-chosen and may be long or odd.
             digest = hashlib.sha256(username.encode("utf-8", "surrogateescape")).hexdigest()
-            keys.append("fusion:throttle:user:" + digest)
+            keys.append("throttle:user:" + digest)
         return keys
 
     async def _reserve_attempt(self, username: str | None, ip: str) -> list[str]:

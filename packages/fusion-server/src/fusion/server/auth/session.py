@@ -26,9 +26,7 @@ class SessionManager:
     logout at once, and loading a session is one store round trip.
     """
 
-    def __init__(
-        self, store: SharedStore, config: SessionConfig, *, prefix: str = "fusion:session:"
-    ):
+    def __init__(self, store: SharedStore, config: SessionConfig, *, prefix: str = "session:"):
         self.store = store
         self.config = config
         self.prefix = prefix

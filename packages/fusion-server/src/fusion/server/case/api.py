@@ -14,6 +14,7 @@ from aiohttp import web
 
 from fusion.concept import Case, ConceptError, Identity
 from fusion.helper.aiohttp import FusionHTTPError, get_guid, json_response, read_concept, read_json
+from fusion.server._lifecycle import started
 from fusion.server.appkeys import AUTH, CONSTANT, EVENTS, STORAGE, CaseEventSink
 from fusion.server.auth.access import Action
 from fusion.server.auth.api import FusionAuthAPI
@@ -127,15 +128,11 @@ class FusionCaseAPI(Generic[CaseT]):
 
     @property
     def auth(self) -> FusionAuthAPI:
-        if self._auth is None:
-            raise RuntimeError("FusionCaseAPI used before the application started")
-        return self._auth
+        return started(self._auth, "FusionCaseAPI")
 
     @property
     def storage(self) -> FusionStorage:
-        if self._storage is None:
-            raise RuntimeError("FusionCaseAPI used before the application started")
-        return self._storage
+        return started(self._storage, "FusionCaseAPI")
 
     # -- hooks ------------------------------------------------------------------
     async def enumerate_cases_impl(self, identity: Identity) -> list[CaseT]:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -50,10 +51,11 @@ class FusionConstantAPI(Generic[ConstantT]):
     def setup(self, app: web.Application) -> None:
         app[CONSTANT] = self
         app.router.add_get("/api/constant", self.get_constant)
-        app.on_startup.append(self._load_at_startup)
+        app.cleanup_ctx.append(self._lifecycle)
 
-    async def _load_at_startup(self, app: web.Application) -> None:
+    async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         await self.refresh(force=True)
+        yield
 
     @property
     def current(self) -> ConstantT | None:

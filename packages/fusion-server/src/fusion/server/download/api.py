@@ -29,8 +29,8 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 
-_KEY_PREFIX = "fusion:download:key:"
-_PENDING_SET = "fusion:download:pending"
+_KEY_PREFIX = "download:key:"
+_PENDING_SET = "download:pending"
 _TOKEN_BYTES = 32
 # Canonical GUIDs only: the route must not accept braces, upper case or URNs
 # that UUID() would happily parse, so a key has exactly one spelling.

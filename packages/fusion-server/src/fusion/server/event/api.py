@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
@@ -19,6 +19,7 @@ from fusion.helper.config import load_ssl_config
 from fusion.helper.notifier import FusionNotifier, case_channel
 from fusion.helper.pubsub import FusionPubSub, Subscription
 from fusion.helper.store import SharedStore, StoreMessage, StoreUnavailableError, message_id_key
+from fusion.server._lifecycle import started
 from fusion.server.appkeys import AUTH, EVENTS, PUBSUB, STORAGE, STORE
 from fusion.server.auth.access import Action
 from fusion.server.auth.api import SESSION_ENDED_CHANNEL, FusionAuthAPI
@@ -167,10 +168,19 @@ class FusionEventAPI:
         app[EVENTS] = self
         # No HEAD: it would open a stream that never sends a byte.
         app.router.add_get("/api/events/case/{case_guid}", self._handle_events, allow_head=False)
-        app.on_startup.append(self._on_startup)
-        app.on_shutdown.append(self._on_shutdown)
+        app.cleanup_ctx.append(self._lifecycle)
+        # Open streams end as soon as shutdown begins: the server then waits for
+        # running handlers, and cleanup contexts only run after that wait.
+        app.on_shutdown.append(self._end_streams)
 
-    async def _on_startup(self, app: web.Application) -> None:
+    async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        self._start(app)
+        try:
+            yield
+        finally:
+            await self.close()
+
+    def _start(self, app: web.Application) -> None:
         if self._store is None:
             self._store = app[STORE]
         pubsub = app.get(PUBSUB)
@@ -206,32 +216,24 @@ class FusionEventAPI:
             asyncio.create_task(self._follow_logouts()),
         ]
 
-    async def _on_shutdown(self, app: web.Application) -> None:
-        await self.close()
+    async def _end_streams(self, app: web.Application) -> None:
+        await self._close_streams()
 
     @property
     def store(self) -> SharedStore:
-        if self._store is None:
-            raise RuntimeError("FusionEventAPI has no store: call setup(app) and start the app")
-        return self._store
+        return started(self._store, "FusionEventAPI")
 
     @property
     def pubsub(self) -> FusionPubSub:
-        if self._pubsub is None:
-            raise RuntimeError("FusionEventAPI is not started")
-        return self._pubsub
+        return started(self._pubsub, "FusionEventAPI")
 
     @property
     def notifier(self) -> FusionNotifier:
-        if self._notifier is None:
-            raise RuntimeError("FusionEventAPI is not started")
-        return self._notifier
+        return started(self._notifier, "FusionEventAPI")
 
     @property
     def watchers(self) -> CaseWatchers:
-        if self._watchers is None:
-            raise RuntimeError("FusionEventAPI is not started")
-        return self._watchers
+        return started(self._watchers, "FusionEventAPI")
 
     @property
     def open_streams(self) -> int:
@@ -591,8 +593,9 @@ class FusionEventAPI:
             last_event_id = ""
         return await self._stream_events(request, caller, case, last_event_id)
 
-    async def close(self) -> None:
-        """End every open stream and wait for them (``config.shutdown_timeout`` at most)."""
+    async def _close_streams(self) -> None:
+        """End every open stream and wait for them (``config.shutdown_timeout`` at most);
+        new ones get 503 from now on."""
         self._closing = True
         streams = list(self._streams)
         for stream in streams:
@@ -604,6 +607,10 @@ class FusionEventAPI:
             for task in stuck:
                 # Blocked writing to a client that does not read.
                 task.cancel()
+
+    async def close(self) -> None:
+        """End every open stream, then stop the API's tasks, notifier and pub/sub."""
+        await self._close_streams()
         for loop_task in self._loops:
             loop_task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)

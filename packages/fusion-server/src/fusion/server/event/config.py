@@ -53,7 +53,7 @@ class FusionEventConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     exists (a stream whose session ended stops; a logout stops it at once)."""
     max_watchers: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     """Most distinct usernames listed as watching one case."""
-    events_channel: str | None = "fusion:events"
+    events_channel: str | None = "events"
     """Every event is also published here, for synchronizers (None: not published)."""
     setup_concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 16
     """Streams being set up (history and watcher reads) at the same time."""

@@ -17,7 +17,7 @@ __all__ = ["CaseWatchers"]
 
 _LOGGER = logging.getLogger(__name__)
 
-_CHANNEL = "fusion:events:watchers:"
+_CHANNEL = "events:watchers:"
 # Snapshots kept per case: far more than replicas, since each replica only
 # appends when its set of usernames changes or its lease is refreshed.
 _SNAPSHOTS = 512

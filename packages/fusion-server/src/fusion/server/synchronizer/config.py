@@ -20,7 +20,7 @@ class FusionSynchronizerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fiel
     """Seconds one case may take before its sync is cancelled (None: no limit)."""
     on_events: bool = True
     """Also synchronise a case as soon as one of its events arrives."""
-    events_channel: str = "fusion:events"
+    events_channel: str = "events"
     """Service-wide event channel (the event API publishes every event there too)."""
     exclusive: bool = True
     """With a shared store, one replica at a time syncs a given case (a store lock)."""

@@ -118,7 +118,7 @@ class FusionSynchronizer:
         lease = timeout + 10 if timeout is not None else self.config.lock_lease
         try:
             await stack.enter_async_context(
-                store.lock(f"fusion:sync:{case.guid}", timeout=lease, blocking_timeout=0)
+                store.lock(f"sync:{case.guid}", timeout=lease, blocking_timeout=0)
             )
         except TimeoutError:
             _LOGGER.debug("case %s is being synchronised elsewhere", case.guid)
