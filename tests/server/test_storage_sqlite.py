@@ -35,7 +35,7 @@ class TimelineCase(Case, kw_only=True):
 
 
 @pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
+async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage[TimelineCase]]:
     async with SQLiteStorage(tmp_path, case_type=TimelineCase) as opened:
         yield opened
 

@@ -42,7 +42,7 @@ class CaseEventSink(Protocol):
 CONFIG: web.AppKey[FusionServerConfig] = web.AppKey("fusion_config")
 STORE: web.AppKey[SharedStore] = web.AppKey("fusion_store", SharedStore)
 PUBSUB: web.AppKey[FusionPubSub] = web.AppKey("fusion_pubsub")
-STORAGE: web.AppKey[FusionStorage] = web.AppKey("fusion_storage")
+STORAGE: web.AppKey[FusionStorage[Any]] = web.AppKey("fusion_storage")
 AUTH: web.AppKey[FusionAuthAPI] = web.AppKey("fusion_auth")
 CONSTANT: web.AppKey[FusionConstantAPI[Any]] = web.AppKey("fusion_constant")
 EVENTS: web.AppKey[CaseEventSink] = web.AppKey("fusion_events")

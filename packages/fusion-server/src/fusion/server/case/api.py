@@ -103,7 +103,7 @@ class FusionCaseAPI(Generic[CaseT]):
         self.case_type = case_type
         self.max_body_size = max_body_size
         self._auth: FusionAuthAPI | None = None
-        self._storage: FusionStorage | None = None
+        self._storage: FusionStorage[CaseT] | None = None
         self._events: CaseEventSink | None = None
         self._app: web.Application | None = None
         # case GUID -> (its lock, how many requests hold or wait for it).
@@ -131,17 +131,17 @@ class FusionCaseAPI(Generic[CaseT]):
         return started(self._auth, "FusionCaseAPI")
 
     @property
-    def storage(self) -> FusionStorage:
+    def storage(self) -> FusionStorage[CaseT]:
         return started(self._storage, "FusionCaseAPI")
 
     # -- hooks ------------------------------------------------------------------
     async def enumerate_cases_impl(self, identity: Identity) -> list[CaseT]:
         """Every case (the API keeps those the caller may read)."""
-        return await self.storage.enumerate_cases()  # type: ignore[return-value]
+        return await self.storage.enumerate_cases()
 
     async def retrieve_case_impl(self, case_guid: UUID) -> VersionedCase[CaseT] | None:
         """The stored case and its version (the ETag, and what update and delete expect)."""
-        return await self.storage.retrieve_versioned_case(case_guid)  # type: ignore[return-value]
+        return await self.storage.retrieve_versioned_case(case_guid)
 
     async def create_case_impl(self, identity: Identity, case: CaseT) -> CaseT:
         """Store a validated new case; raise FusionHTTPError to refuse it."""
@@ -168,7 +168,7 @@ class FusionCaseAPI(Generic[CaseT]):
     async def attach_case_impl(
         self, identity: Identity, case: CaseT, next_case_guid: UUID
     ) -> CaseT | None:
-        return await self.storage.attach_case(case.guid, next_case_guid)  # type: ignore[return-value]
+        return await self.storage.attach_case(case.guid, next_case_guid)
 
     def check_webhook_url(self, url: str) -> str | None:
         """Why ``url`` may not be a webhook of a case (None: it may)."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from types import TracebackType
-from typing import Generic, NamedTuple, Self, TypeVar
+from typing import Generic, NamedTuple, Self
 from uuid import UUID
+
+from typing_extensions import TypeVar
 
 from fusion.concept import Case, Identity
 
@@ -18,6 +20,8 @@ __all__ = [
 ]
 
 CaseT_co = TypeVar("CaseT_co", bound=Case, covariant=True)
+# Defaults to Case: SQLiteStorage(data_dir) stores plain cases.
+CaseT = TypeVar("CaseT", bound=Case, default=Case)
 
 
 class VersionedCase(NamedTuple, Generic[CaseT_co]):
@@ -64,7 +68,7 @@ class CaseConflictError(RuntimeError):
         self.stored_version = stored_version
 
 
-class FusionStorage(ABC):
+class FusionStorage(ABC, Generic[CaseT]):
     """Where a Fusion server keeps its cases and the identities it has seen.
 
     The framework ships :class:`~fusion.server.storage.SQLiteStorage`; a
@@ -108,20 +112,20 @@ class FusionStorage(ABC):
 
     # -- cases --------------------------------------------------------------
     @abstractmethod
-    async def create_case(self, case: Case) -> None:
+    async def create_case(self, case: CaseT) -> None:
         """Store a new case; :class:`CaseExistsError` when its GUID is taken."""
 
     @abstractmethod
-    async def retrieve_versioned_case(self, case_guid: UUID) -> VersionedCase[Case] | None:
+    async def retrieve_versioned_case(self, case_guid: UUID) -> VersionedCase[CaseT] | None:
         """The case stored under ``case_guid`` with its version, or None."""
 
-    async def retrieve_case(self, case_guid: UUID) -> Case | None:
+    async def retrieve_case(self, case_guid: UUID) -> CaseT | None:
         """The case stored under ``case_guid``, or None."""
         found = await self.retrieve_versioned_case(case_guid)
         return None if found is None else found.case
 
     @abstractmethod
-    async def update_case(self, case: Case, *, expected_version: int | None = None) -> int:
+    async def update_case(self, case: CaseT, *, expected_version: int | None = None) -> int:
         """Replace the whole stored case and return its new version.
 
         :class:`CaseNotFoundError` when absent; :class:`CaseConflictError`
@@ -139,11 +143,11 @@ class FusionStorage(ABC):
         """
 
     @abstractmethod
-    async def enumerate_cases(self) -> list[Case]:
+    async def enumerate_cases(self) -> list[CaseT]:
         """Every stored case."""
 
     @abstractmethod
-    async def attach_case(self, case_guid: UUID, next_case_guid: UUID) -> Case | None:
+    async def attach_case(self, case_guid: UUID, next_case_guid: UUID) -> CaseT | None:
         """Move a case to ``next_case_guid`` (federation attach).
 
         The case is stored under ``next_case_guid`` and its old GUID is gone;

@@ -66,6 +66,7 @@ from fusion.server.storage.base import (
     CaseConflictError,
     CaseExistsError,
     CaseNotFoundError,
+    CaseT,
     FusionStorage,
     VersionedCase,
 )
@@ -94,7 +95,7 @@ class StorageClosedError(RuntimeError):
     """The storage was used before :meth:`SQLiteStorage.startup` or after shutdown."""
 
 
-class SQLiteStorage(FusionStorage):
+class SQLiteStorage(FusionStorage[CaseT]):
     """Cases and identities in ``<data_dir>/<filename>`` (SQLite, WAL mode).
 
     Cases are stored as the JSON of ``case_type`` (the service's Case
@@ -107,7 +108,7 @@ class SQLiteStorage(FusionStorage):
         self,
         data_dir: Path | str,
         *,
-        case_type: type[Case] = Case,
+        case_type: type[CaseT] = Case,  # type: ignore[assignment]
         filename: str = "fusion.sqlite",
         busy_timeout: float = 10.0,
         synchronous: Synchronous = "NORMAL",
@@ -286,7 +287,7 @@ class SQLiteStorage(FusionStorage):
         cases[case_guid] = row
 
     # -- cases --------------------------------------------------------------------
-    async def create_case(self, case: Case) -> None:
+    async def create_case(self, case: CaseT) -> None:
         guid = str(case.guid)
         data = case.to_json()
 
@@ -319,11 +320,11 @@ class SQLiteStorage(FusionStorage):
             self._remember_case(generation, case_guid, row)
         return row
 
-    async def retrieve_versioned_case(self, case_guid: UUID) -> VersionedCase[Case] | None:
+    async def retrieve_versioned_case(self, case_guid: UUID) -> VersionedCase[CaseT] | None:
         data, version = await self._stored_case(case_guid)
         return VersionedCase(self._decode_case(data), version) if data else None
 
-    async def update_case(self, case: Case, *, expected_version: int | None = None) -> int:
+    async def update_case(self, case: CaseT, *, expected_version: int | None = None) -> int:
         guid = str(case.guid)
         data = case.to_json()
 
@@ -352,7 +353,7 @@ class SQLiteStorage(FusionStorage):
 
         return await self._write(job)
 
-    async def enumerate_cases(self) -> list[Case]:
+    async def enumerate_cases(self) -> list[CaseT]:
         self._check_fresh()
         all_cases = self._all_cases
         if all_cases is None:
@@ -368,7 +369,7 @@ class SQLiteStorage(FusionStorage):
         decode = self._decode_case
         return [decode(data) for data in all_cases]
 
-    async def attach_case(self, case_guid: UUID, next_case_guid: UUID) -> Case | None:
+    async def attach_case(self, case_guid: UUID, next_case_guid: UUID) -> CaseT | None:
         old_guid, new_guid = str(case_guid), str(next_case_guid)
         decode = self._decode_case
 
@@ -398,9 +399,9 @@ class SQLiteStorage(FusionStorage):
         data = await self._write(job)
         return None if data is None else decode(data)
 
-    def _decode_case(self, data: bytes) -> Case:
+    def _decode_case(self, data: bytes) -> CaseT:
         try:
-            case: Case = self._decoder.decode(data)
+            case: CaseT = self._decoder.decode(data)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             # A row written by a service with another Case subclass, or edited by hand.
             raise sqlite3.DataError(f"{self.path}: stored case cannot be decoded: {exc}") from exc
