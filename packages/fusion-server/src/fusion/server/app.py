@@ -20,11 +20,11 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
-from aiohttp import HttpVersion11, web
+from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from fusion.concept import Case, Constant
-from fusion.helper.aiohttp import BODY_TIMEOUT, IPNetwork, envelope_middleware, error_response
+from fusion.helper.aiohttp import BODY_TIMEOUT, IPNetwork, envelope_middleware
 from fusion.helper.pubsub import FusionPubSub
 from fusion.helper.store import SharedStore, StoreUnavailableError, create_store
 from fusion.helper.tracing import FusionAccessLogger
@@ -38,6 +38,7 @@ from fusion.server.constant.api import FusionConstantAPI
 from fusion.server.download.api import FusionDownloadAPI
 from fusion.server.event.api import FusionEventAPI
 from fusion.server.info.api import FusionInfoAPI
+from fusion.server.routing import expect_handler, with_expect_handler
 from fusion.server.storage import FusionStorage
 from fusion.server.storage.sqlite import SQLiteStorage
 from fusion.server.synchronizer.sync import FusionSynchronizer
@@ -45,31 +46,6 @@ from fusion.server.synchronizer.sync import FusionSynchronizer
 __all__ = ["FusionServer", "expect_handler", "limit_connections"]
 
 _LOGGER = logging.getLogger("fusion.server")
-
-
-async def expect_handler(request: web.Request) -> web.StreamResponse | None:
-    """``Expect: 100-continue`` gets its interim answer; anything else a 417 envelope.
-
-    aiohttp's default answers other values in plain text, before any
-    middleware runs, and fails with a 500 when the value is not UTF-8.
-    """
-    if request.version != HttpVersion11:
-        return None
-    if request.headers.get("Expect", "").lower() == "100-continue":
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        # The interim answer is not part of the response body.
-        request.writer.output_size = 0
-        return None
-    return error_response(417, "unsupported Expect header")
-
-
-def _use_fusion_expect_handler(app: web.Application) -> None:
-    # aiohttp has no public way to change the expect handler of routes that
-    # are already added (APIs and services add theirs with add_get...), so
-    # the attribute of each route is set, once, when the app starts.
-    for route in app.router.routes():
-        if hasattr(route, "_expect_handler"):
-            route._expect_handler = expect_handler
 
 
 class _ConnectionLimiter:
@@ -301,12 +277,8 @@ class FusionServer:
         if synchronizer is not None:
             app.cleanup_ctx.append(synchronizer.cleanup_ctx)
         self.setup_routes(app)
-        app.router.add_routes(self._routes)
-        app.on_startup.append(self._on_startup)
+        app.router.add_routes(with_expect_handler(route) for route in self._routes)
         return app
-
-    async def _on_startup(self, app: web.Application) -> None:
-        _use_fusion_expect_handler(app)
 
     async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         store = app[STORE]

@@ -33,6 +33,7 @@ from fusion.server.auth.backend import (
 from fusion.server.auth.caller import Caller
 from fusion.server.auth.config import FusionAuthAPIConfig
 from fusion.server.auth.session import SessionManager
+from fusion.server.routing import expect_handler
 from fusion.server.storage import FusionStorage
 
 __all__ = ["FusionAuthAPI"]
@@ -103,11 +104,11 @@ class FusionAuthAPI:
         app[AUTH] = self
         if CONFIG in app and not self.trusted_proxies:
             self.trusted_proxies = app[CONFIG].server.trusted_proxy_networks
-        app.router.add_post("/api/auth/login", self.login)
-        app.router.add_get("/api/auth/logout", self.logout)
-        app.router.add_get("/api/auth/is_logged", self.is_logged)
-        app.router.add_get("/api/auth/config", self.auth_config)
-        app.router.add_get("/api/auth/identities", self.identities)
+        app.router.add_post("/api/auth/login", self.login, expect_handler=expect_handler)
+        app.router.add_get("/api/auth/logout", self.logout, expect_handler=expect_handler)
+        app.router.add_get("/api/auth/is_logged", self.is_logged, expect_handler=expect_handler)
+        app.router.add_get("/api/auth/config", self.auth_config, expect_handler=expect_handler)
+        app.router.add_get("/api/auth/identities", self.identities, expect_handler=expect_handler)
         app.cleanup_ctx.append(self._lifecycle)
 
     async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:

@@ -20,6 +20,7 @@ from fusion.server.auth.access import Action
 from fusion.server.auth.api import FusionAuthAPI
 from fusion.server.case.config import FusionCaseAPIConfig
 from fusion.server.event.api import FusionEventAPI, WebhookNotAllowedError
+from fusion.server.routing import expect_handler
 from fusion.server.storage import (
     CaseConflictError,
     CaseExistsError,
@@ -112,12 +113,20 @@ class FusionCaseAPI(Generic[CaseT]):
     # -- wiring ---------------------------------------------------------------
     def setup(self, app: web.Application) -> None:
         self._app = app
-        app.router.add_get("/api/cases", self.enumerate_cases)
-        app.router.add_post("/api/case", self.create_case)
-        app.router.add_get("/api/case/{case_guid}", self.retrieve_case)
-        app.router.add_put("/api/case/{case_guid}", self.update_case)
-        app.router.add_delete("/api/case/{case_guid}", self.delete_case)
-        app.router.add_put("/api/case/{case_guid}/attach/{next_case_guid}", self.attach_case)
+        app.router.add_get("/api/cases", self.enumerate_cases, expect_handler=expect_handler)
+        app.router.add_post("/api/case", self.create_case, expect_handler=expect_handler)
+        app.router.add_get(
+            "/api/case/{case_guid}", self.retrieve_case, expect_handler=expect_handler
+        )
+        app.router.add_put("/api/case/{case_guid}", self.update_case, expect_handler=expect_handler)
+        app.router.add_delete(
+            "/api/case/{case_guid}", self.delete_case, expect_handler=expect_handler
+        )
+        app.router.add_put(
+            "/api/case/{case_guid}/attach/{next_case_guid}",
+            self.attach_case,
+            expect_handler=expect_handler,
+        )
         app.cleanup_ctx.append(self._lifecycle)
 
     async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:

@@ -16,6 +16,7 @@ from fusion.concept import ConceptError, Constant
 from fusion.helper.aiohttp import FusionHTTPError, json_response
 from fusion.server.appkeys import AUTH, CONSTANT
 from fusion.server.constant.config import FusionConstantAPIConfig
+from fusion.server.routing import expect_handler
 
 __all__ = ["FusionConstantAPI"]
 
@@ -50,7 +51,7 @@ class FusionConstantAPI(Generic[ConstantT]):
 
     def setup(self, app: web.Application) -> None:
         app[CONSTANT] = self
-        app.router.add_get("/api/constant", self.get_constant)
+        app.router.add_get("/api/constant", self.get_constant, expect_handler=expect_handler)
         app.cleanup_ctx.append(self._lifecycle)
 
     async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:

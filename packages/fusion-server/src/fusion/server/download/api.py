@@ -19,6 +19,7 @@ from fusion.helper.store import SharedStore, StoreUnavailableError
 from fusion.helper.streaming import iter_file
 from fusion.server.appkeys import STORE
 from fusion.server.download.config import FusionDownloadConfig
+from fusion.server.routing import expect_handler
 
 __all__ = [
     "DOWNLOADS",
@@ -92,7 +93,12 @@ class FusionDownloadAPI:
         """Add the route; the store comes from ``app[STORE]`` unless given."""
         app[DOWNLOADS] = self
         # No HEAD: it would use up the single-use key without delivering the file.
-        app.router.add_get("/api/download/{guid}/{token}", self._handle_download, allow_head=False)
+        app.router.add_get(
+            "/api/download/{guid}/{token}",
+            self._handle_download,
+            allow_head=False,
+            expect_handler=expect_handler,
+        )
         app.on_startup.append(self._on_startup)
 
     async def _on_startup(self, app: web.Application) -> None:

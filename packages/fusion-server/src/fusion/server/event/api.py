@@ -27,6 +27,7 @@ from fusion.server.auth.caller import Caller
 from fusion.server.event.config import FusionEventConfig
 from fusion.server.event.watchers import CaseWatchers
 from fusion.server.event.webhook_url import url_under_prefix
+from fusion.server.routing import expect_handler
 
 __all__ = [
     "SUBSCRIBE_EVENTS",
@@ -167,7 +168,12 @@ class FusionEventAPI:
     def setup(self, app: web.Application) -> None:
         app[EVENTS] = self
         # No HEAD: it would open a stream that never sends a byte.
-        app.router.add_get("/api/events/case/{case_guid}", self._handle_events, allow_head=False)
+        app.router.add_get(
+            "/api/events/case/{case_guid}",
+            self._handle_events,
+            allow_head=False,
+            expect_handler=expect_handler,
+        )
         app.cleanup_ctx.append(self._lifecycle)
         # Open streams end as soon as shutdown begins: the server then waits for
         # running handlers, and cleanup contexts only run after that wait.

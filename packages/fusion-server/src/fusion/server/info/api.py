@@ -8,6 +8,7 @@ from fusion.concept import Info
 from fusion.helper.aiohttp import json_response
 from fusion.server.appkeys import AUTH
 from fusion.server.info.config import FusionInfoAPIConfig
+from fusion.server.routing import expect_handler
 
 __all__ = ["FusionInfoAPI"]
 
@@ -20,7 +21,7 @@ class FusionInfoAPI:
         self.info = Info(api=config.api, version=config.version)
 
     def setup(self, app: web.Application) -> None:
-        app.router.add_get("/api/info", self.get_info)
+        app.router.add_get("/api/info", self.get_info, expect_handler=expect_handler)
 
     async def get_info(self, request: web.Request) -> web.Response:
         """``GET /api/info``: the service's Info."""
