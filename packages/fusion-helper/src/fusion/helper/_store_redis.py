@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -46,6 +46,9 @@ DEFAULT_PREFIX = "fusion:"
 DEFAULT_CONNECT_TIMEOUT = 1.0
 DEFAULT_SOCKET_TIMEOUT = 2.0
 DEFAULT_HEALTH_CHECK_INTERVAL = 30
+# Connections per command pool (two pools: retried and never-retried commands);
+# ``?max_connections=`` in the URL sets another.
+DEFAULT_MAX_CONNECTIONS = 32
 # How often a lock held by another is tried again.
 _LOCK_POLL = 0.02
 # How long one read of a pub/sub connection waits before looping (health checks run between).
@@ -285,18 +288,14 @@ class RedisStore(SharedStore):
             # Idempotent commands (reads, plain SET, PEXPIRE, bounded_add, the
             # lock's scripts): one immediate retry on a broken connection,
             # none on timeouts, which may have executed a command already.
-            self._redis: Redis = Redis.from_url(
-                self._redis_url, **options, retry=Retry(NoBackoff(), 1, (RedisConnectionError,))
-            )
+            self._redis = self._client(Retry(NoBackoff(), 1, (RedisConnectionError,)), options)
             # The others are never sent twice: a connection that breaks after
             # the command ran would make a retry count, pop, publish or delete
             # a second time (or answer "not there" for what the first one
             # did). They fail with StoreUnavailableError instead. A pooled
             # socket that a restarted Redis closed is not a risk for them:
             # the pool checks it, and reconnects, before handing it out.
-            self._redis_once: Redis = Redis.from_url(
-                self._redis_url, **options, retry=Retry(NoBackoff(), 0)
-            )
+            self._redis_once = self._client(Retry(NoBackoff(), 0), options)
         except ValueError as exc:
             raise ValueError(f"invalid Redis URL {self._where!r}: {exc}") from exc
         self._options = options
@@ -309,6 +308,19 @@ class RedisStore(SharedStore):
         self._publish_with_history = self._redis_once.register_script(_PUBLISH_WITH_HISTORY)
         self._lock_acquire = self._redis.register_script(_LOCK_ACQUIRE)
         self._lock_release = self._redis.register_script(_LOCK_RELEASE)
+
+    def _client(self, retry: Retry, options: dict[str, Any]) -> Redis:
+        # A bounded pool that makes commands wait (up to the socket timeout) for a
+        # free connection: a burst of requests must not open a connection each,
+        # which a loaded Redis host answers with connect timeouts (503s).
+        pool = BlockingConnectionPool.from_url(
+            self._redis_url,
+            max_connections=DEFAULT_MAX_CONNECTIONS,
+            timeout=options["socket_timeout"],
+            retry=retry,
+            **options,
+        )
+        return Redis(connection_pool=pool)
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
         return StoreUnavailableError(f"redis shared store {self._where} unavailable: {exc}")
