@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -234,3 +235,25 @@ def test_a_bad_record_is_reported_and_the_next_written(
         logger.propagate = True
     assert [line.split(": ", 1)[1] for line in _lines(logfile)] == ["after"]
     assert "--- Logging error ---" in capsys.readouterr().err
+
+
+def test_lines_are_written_without_a_flush(tmp_path: Path) -> None:
+    """Batches wait at most ``interval`` for company: the file gets the line by itself."""
+    logfile = tmp_path / "later.log"
+    handler = setup_logging(level="INFO", json=False, filepath=logfile)
+    get_logger("test.later").info("on its own")
+    deadline = time.monotonic() + 30  # generous: the machine may be busy
+    while not logfile.read_text(encoding="utf-8") and time.monotonic() < deadline:
+        time.sleep(handler.interval)
+    assert _lines(logfile)[0].endswith(" INFO fusion.test.later: on its own")
+
+
+def test_filters_of_the_handler_apply(tmp_path: Path) -> None:
+    logfile = tmp_path / "filtered.log"
+    handler = setup_logging(level="INFO", json=False, filepath=logfile)
+    handler.addFilter(lambda record: "secret" not in record.getMessage())
+    logger = get_logger("test.filtered")
+    logger.info("a secret")
+    logger.info("public")
+    handler.flush()
+    assert [line.split(": ", 1)[1] for line in _lines(logfile)] == ["public"]

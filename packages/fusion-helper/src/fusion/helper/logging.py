@@ -216,29 +216,50 @@ class _Flushed(threading.Event):
 
 
 _STOP = object()
-# The most records one write takes (a burst is written in several writes, never delayed).
-_BATCH = 1024
 
 
 class FusionLogHandler(QueueHandler):
     """The handler :func:`setup_logging` puts on the root logger: records go to a
     queue, a thread of their own formats them and writes them to :attr:`target`.
 
-    The event loop pays for the record and one queue put; the thread takes every
-    record waiting, formats each once and writes the lines in one write and one
-    flush. Records keep their order (one queue, one reader). :meth:`flush` waits
-    until what was logged before it is written; :meth:`close` writes everything
-    left and stops the thread (``logging.shutdown``, which the interpreter runs at
-    exit, closes every handler: nothing queued is lost on a normal exit).
+    The event loop pays for the record and one queue put. The thread wakes up
+    when a record arrives, lets :attr:`interval` pass so that others join it,
+    then formats every record waiting once and writes the lines in one write and
+    one flush: waking up and taking the GIL for each record would cost the event
+    loop more than the writing. Records keep their order (one queue, one reader).
+    :meth:`flush` waits until what was logged before it is written (it cuts the
+    interval short); :meth:`close` writes everything left and stops the thread
+    (``logging.shutdown``, which the interpreter runs at exit, closes every
+    handler: nothing queued is lost on a normal exit).
     """
+
+    interval = 0.05
+    """Seconds the first record of a batch waits for others (the most a line waits)."""
 
     def __init__(self, target: logging.StreamHandler[Any]) -> None:
         super().__init__(queue.SimpleQueue())
         self.target = target
         # The formatter of the lines written, for whoever asks this handler.
         self.formatter = target.formatter
+        self._urgent = threading.Event()
         self._writer = threading.Thread(target=self._write, name="fusion-log-writer", daemon=True)
         self._writer.start()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Queue ``record`` (if this handler's filters pass it). Without the handler
+        lock of :meth:`logging.Handler.handle`: the queue is thread-safe, and the
+        I/O the lock guards is the writer thread's."""
+        if self.filters:
+            passed: object = self.filter(record)
+            if not passed:
+                return False
+            if isinstance(passed, logging.LogRecord):  # a filter may replace it (3.12+)
+                record = passed
+        try:
+            self.queue.put_nowait(self.prepare(record))
+        except Exception:
+            self.handleError(record)
+        return True
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         """The record to queue: ``record`` itself, or a copy with its message
@@ -257,12 +278,14 @@ class FusionLogHandler(QueueHandler):
         if self._writer.is_alive():
             flushed = _Flushed()
             self.queue.put_nowait(flushed)
+            self._urgent.set()
             flushed.wait(30)
 
     def close(self) -> None:
         """Write what is queued, stop the thread and close :attr:`target`."""
         if self._writer.is_alive():
             self.queue.put_nowait(_STOP)
+            self._urgent.set()
             self._writer.join(30)
         self.target.close()
         super().close()
@@ -270,9 +293,14 @@ class FusionLogHandler(QueueHandler):
     def _write(self) -> None:
         pending: Any = self.queue
         target = self.target
+        urgent = self._urgent
         while True:
             batch = [pending.get()]
-            while len(batch) < _BATCH:
+            urgent.wait(self.interval)
+            # Cleared before the queue is drained: a flush() that set it has put
+            # its marker already, and is answered in this batch.
+            urgent.clear()
+            while True:
                 try:
                     batch.append(pending.get_nowait())
                 except queue.Empty:

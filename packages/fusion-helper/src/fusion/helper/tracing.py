@@ -200,17 +200,18 @@ class FusionAccessLogger(AbstractAccessLogger):
         message = (
             f'{remote} "{request_line}" {status} {size} {time * 1000:.3f}ms "{referer}" "{agent}"'
         )
-        extra: dict[str, Any] = {
-            "remote_address": remote,
-            "first_request_line": request_line,
-            "response_status": status,
-            "response_size": size,
-            "request_time": time,
-            "request_header": {"Referer": referer, "User-Agent": agent},
-        }
+        record = logger.makeRecord(logger.name, logging.INFO, "", 0, message, (), None)
+        # The extra fields, set as makeRecord(extra=...) would, without its check
+        # of each name (these never clash with a LogRecord attribute).
+        fields = record.__dict__
+        fields["remote_address"] = remote
+        fields["first_request_line"] = request_line
+        fields["response_status"] = status
+        fields["response_size"] = size
+        fields["request_time"] = time
+        fields["request_header"] = {"Referer": referer, "User-Agent": agent}
         request_id = headers.get("X-Request-ID")
         if request_id is not None:
-            message += f" id={request_id}"
-            extra["request_id"] = request_id
-        record = logger.makeRecord(logger.name, logging.INFO, "", 0, message, (), None, extra=extra)
+            record.msg = f"{message} id={request_id}"
+            fields["request_id"] = request_id
         logger.handle(record)
