@@ -219,36 +219,39 @@ _STOP = object()
 
 
 class FusionLogHandler(QueueHandler):
-    """The handler :func:`setup_logging` puts on the root logger: records go to a
-    queue, a thread of their own formats them and writes them to :attr:`target`.
+    """The handler :func:`setup_logging` puts on the root logger: it formats each
+    record once (its :attr:`formatter`, the text or JSON format), queues the line,
+    and a thread of its own writes the lines to :attr:`target`'s stream.
 
-    The event loop pays for the record and one queue put. The thread wakes up
-    when a record arrives, lets :attr:`interval` pass so that others join it,
-    then formats every record waiting once and writes the lines in one write and
-    one flush: waking up and taking the GIL for each record would cost the event
-    loop more than the writing. Records keep their order (one queue, one reader).
-    :meth:`flush` waits until what was logged before it is written (it cuts the
-    interval short); :meth:`close` writes everything left and stops the thread
-    (``logging.shutdown``, which the interpreter runs at exit, closes every
-    handler: nothing queued is lost on a normal exit).
+    The thread wakes up when a line arrives, lets :attr:`interval` pass so that
+    others join it, and writes every line waiting in one write and one flush.
+    Formatting stays with the caller on purpose: a second thread running Python
+    code contends for the GIL (and the CPU caches) with the event loop at every
+    record, which cost more than the formatting itself; the thread only joins
+    and writes, its system calls free of the GIL. Lines keep their order (one
+    queue, one reader). :meth:`flush` waits until what was logged before it is
+    written (it cuts the interval short); :meth:`close` writes everything left
+    and stops the thread (``logging.shutdown``, which the interpreter runs at
+    exit, closes every handler: nothing queued is lost on a normal exit).
     """
 
     interval = 0.05
-    """Seconds the first record of a batch waits for others (the most a line waits)."""
+    """Seconds the first line of a batch waits for others (the most a line waits)."""
 
     def __init__(self, target: logging.StreamHandler[Any]) -> None:
         super().__init__(queue.SimpleQueue())
         self.target = target
-        # The formatter of the lines written, for whoever asks this handler.
         self.formatter = target.formatter
         self._urgent = threading.Event()
         self._writer = threading.Thread(target=self._write, name="fusion-log-writer", daemon=True)
         self._writer.start()
 
     def handle(self, record: logging.LogRecord) -> bool:
-        """Queue ``record`` (if this handler's filters pass it). Without the handler
-        lock of :meth:`logging.Handler.handle`: the queue is thread-safe, and the
-        I/O the lock guards is the writer thread's."""
+        """Format ``record`` and queue the line (if this handler's filters pass it).
+
+        Without the lock of :meth:`logging.Handler.handle`: the queue is
+        thread-safe, and the I/O that lock guards is the writer thread's.
+        """
         if self.filters:
             passed: object = self.filter(record)
             if not passed:
@@ -256,22 +259,14 @@ class FusionLogHandler(QueueHandler):
             if isinstance(passed, logging.LogRecord):  # a filter may replace it (3.12+)
                 record = passed
         try:
-            self.queue.put_nowait(self.prepare(record))
-        except Exception:
+            self.queue.put_nowait(self.format(record))
+        except Exception:  # logging never raises into the caller: reported on stderr
             self.handleError(record)
         return True
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        """The record to queue: ``record`` itself, or a copy with its message
-        formatted when it has arguments (they may change once the call returns;
-        the record itself is left as other handlers expect it)."""
-        if not record.args:
-            return record
-        queued = logging.LogRecord.__new__(type(record))
-        queued.__dict__.update(record.__dict__)
-        queued.msg = record.getMessage()
-        queued.args = None
-        return queued
+    def emit(self, record: logging.LogRecord) -> None:
+        """Format and queue ``record`` (what :meth:`handle` does, for direct callers)."""
+        self.handle(record)
 
     def flush(self) -> None:
         """Wait until every record logged before this call is written (at most 30 s)."""
@@ -292,7 +287,6 @@ class FusionLogHandler(QueueHandler):
 
     def _write(self) -> None:
         pending: Any = self.queue
-        target = self.target
         urgent = self._urgent
         while True:
             batch = [pending.get()]
@@ -307,12 +301,8 @@ class FusionLogHandler(QueueHandler):
                     break
             lines: list[str] = []
             for item in batch:
-                if isinstance(item, logging.LogRecord):
-                    if item.levelno >= target.level and target.filter(item):
-                        try:
-                            lines.append(target.format(item))
-                        except Exception:  # logging never raises: reported, then skipped
-                            target.handleError(item)
+                if type(item) is str:
+                    lines.append(item)
                     continue
                 self._write_lines(lines)
                 lines = []
