@@ -14,6 +14,12 @@ bidirectional controls, lone surrogates (undecodable bytes kept by
 indented, so that no line of it can pass for a record. A JSON record is never
 dropped for a string UTF-8 cannot encode: such strings are written with
 backslash escapes of the characters it refuses.
+
+:func:`setup_logging` puts a :class:`FusionLogHandler` on the root logger: a
+``QueueHandler`` that formats each record once and queues the line, and a
+thread that writes the lines in batches, off the event loop, in order, and
+writes what is left when the process stops. Handlers added by hand to any
+logger work as usual beside it.
 """
 
 from __future__ import annotations
