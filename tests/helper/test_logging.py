@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from fusion.helper.logging import JsonFormatter, TextFormatter, get_logger, setup_logging
+from fusion.helper.logging import (
+    FusionLogHandler,
+    JsonFormatter,
+    TextFormatter,
+    get_logger,
+    setup_logging,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -102,3 +113,155 @@ def test_invalid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FUSION_LOG_FORMAT", "xml")
     with pytest.raises(ValueError, match="invalid FUSION_LOG_FORMAT 'xml': use json or text"):
         setup_logging()
+
+
+# -- the queue: records written by a thread of their own, in order, none lost ------
+
+
+def test_records_are_written_by_the_writer_thread_in_order(tmp_path: Path) -> None:
+    logfile = tmp_path / "order.log"
+    handler = setup_logging(level="INFO", json=False, filepath=logfile)
+    assert isinstance(handler, FusionLogHandler)
+    assert isinstance(handler.target, logging.FileHandler)
+    writers: set[str] = set()
+    writes = 0
+
+    class Recording(io.StringIO):
+        def write(self, text: str) -> int:
+            nonlocal writes
+            writers.add(threading.current_thread().name)
+            writes += 1
+            return super().write(text)
+
+    stream = Recording()
+    target: logging.StreamHandler[Any] = handler.target
+    target.setStream(stream)
+    logger = get_logger("test.order")
+
+    def burst(name: str) -> None:
+        for index in range(2000):
+            logger.info("%s %d", name, index)
+
+    threads = [threading.Thread(target=burst, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    burst("main")
+    for thread in threads:
+        thread.join()
+    handler.flush()
+    messages = [line.split(": ", 1)[1] for line in stream.getvalue().splitlines()]
+    assert len(messages) == 6000
+    for name in ("a", "b", "main"):
+        # Each thread's records in the order it logged them.
+        assert [m for m in messages if m.startswith(name + " ")] == [
+            f"{name} {index}" for index in range(2000)
+        ]
+    assert writers == {"fusion-log-writer"}  # never the caller's thread
+    assert writes < 6000  # lines written in batches, not one write each
+
+
+def test_close_writes_everything_queued(tmp_path: Path) -> None:
+    logfile = tmp_path / "close.log"
+    handler = setup_logging(level="INFO", json=True, filepath=logfile)
+    logger = get_logger("test.close")
+    for index in range(5000):
+        logger.info("record %d", index)
+    logging.getLogger().removeHandler(handler)
+    handler.close()  # what logging.shutdown() does at exit
+    assert [json.loads(line)["message"] for line in _lines(logfile)] == [
+        f"record {index}" for index in range(5000)
+    ]
+
+
+def test_arguments_are_formatted_when_logged(tmp_path: Path) -> None:
+    """A mutable argument changed after the call: the line shows it as it was."""
+    logfile = tmp_path / "args.log"
+    handler = setup_logging(level="INFO", json=False, filepath=logfile)
+    logger = get_logger("test.args")
+    for _ in range(200):
+        values = [1]
+        logger.info("values %s", values)
+        values.append(2)
+    handler.flush()
+    assert {line.split(": ", 1)[1] for line in _lines(logfile)} == {"values [1]"}
+
+
+def test_handlers_of_ones_own_work_as_usual(tmp_path: Path) -> None:
+    """Beside the queue: the record a user's handler gets is the record as logged."""
+    logfile = tmp_path / "fusion.log"
+    handler = setup_logging(level="INFO", json=False, filepath=logfile)
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    own_file = logging.FileHandler(tmp_path / "own.log", encoding="utf-8")
+    own_file.setFormatter(logging.Formatter("%(levelname)s %(name)s %(lineno)d %(message)s"))
+    keep = Keep()
+    root = logging.getLogger()
+    root.addHandler(keep)
+    logger = get_logger("test.own")
+    logger.addHandler(own_file)
+    try:
+        logger.warning("case %s by %s", "c1", "alice")
+        line = sys._getframe().f_lineno - 1
+    finally:
+        logger.removeHandler(own_file)
+        root.removeHandler(keep)
+        own_file.close()
+    handler.flush()
+    (record,) = seen
+    assert (record.msg, record.args) == ("case %s by %s", ("c1", "alice"))
+    assert record.lineno == line  # the caller's line, as logging finds it
+    assert _lines(tmp_path / "own.log") == [f"WARNING fusion.test.own {line} case c1 by alice"]
+    (written,) = _lines(logfile)
+    assert written.endswith(" WARNING fusion.test.own: case c1 by alice")
+
+
+def test_a_bad_record_is_reported_and_the_next_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record that cannot be formatted: reported on stderr, the next one written."""
+    logfile = tmp_path / "bad.log"
+    handler = setup_logging(level="INFO", json=False, filepath=logfile)
+    # Not propagating: pytest's own handlers raise on a record they cannot format.
+    logger = get_logger("test.bad")
+    logger.propagate = False
+    logger.addHandler(handler)
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    try:
+        logger.info(Unprintable())
+        logger.info("after")
+        handler.flush()
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    assert [line.split(": ", 1)[1] for line in _lines(logfile)] == ["after"]
+    assert "--- Logging error ---" in capsys.readouterr().err
+
+
+def test_lines_are_written_without_a_flush(tmp_path: Path) -> None:
+    """Batches wait at most ``interval`` for company: the file gets the line by itself."""
+    logfile = tmp_path / "later.log"
+    handler = setup_logging(level="INFO", json=False, filepath=logfile)
+    get_logger("test.later").info("on its own")
+    deadline = time.monotonic() + 30  # generous: the machine may be busy
+    while not logfile.read_text(encoding="utf-8") and time.monotonic() < deadline:
+        time.sleep(handler.interval)
+    assert _lines(logfile)[0].endswith(" INFO fusion.test.later: on its own")
+
+
+def test_filters_of_the_handler_apply(tmp_path: Path) -> None:
+    logfile = tmp_path / "filtered.log"
+    handler = setup_logging(level="INFO", json=False, filepath=logfile)
+    handler.addFilter(lambda record: "secret" not in record.getMessage())
+    logger = get_logger("test.filtered")
+    logger.info("a secret")
+    logger.info("public")
+    handler.flush()
+    assert [line.split(": ", 1)[1] for line in _lines(logfile)] == ["public"]

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fusion.helper.logging import JsonFormatter, TextFormatter, escape_text, setup_logging
-from fusion.helper.tracing import REDACTED, AuditTrail, redact_download_tokens, trace_user_op
+from fusion.helper.logging import escape_text, setup_logging
+from fusion.helper.tracing import REDACTED, redact_download_tokens, trace_user_op
 
 FORGED = "2026-01-01T00:00:00.000Z INFO fusion.audit: granted delete_case to carol"
 # Everything that splits, reorders or breaks a line, and the backslash.
@@ -130,41 +130,24 @@ def test_json_file_keeps_records_with_undecodable_strings(tmp_path: Path) -> Non
     assert second["message"] == f"case name\n{FORGED}\u2028\x85"  # exact: JSON is safe
 
 
-def _own_handler(tmp_path: Path, formatter: logging.Formatter, name: str) -> logging.Logger:
-    # A logger of its own, not propagating (pytest's handlers would force the slow path).
-    logger = logging.getLogger(f"fusion.test.audit.{name}")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    handler = logging.FileHandler(tmp_path / f"{name}.log", encoding="utf-8")
-    handler.setFormatter(formatter)
-    logger.addHandler(handler)
-    return logger
-
-
 @pytest.mark.parametrize("log_format", ["text", "json"])
-def test_audit_trail_and_trace_user_op(tmp_path: Path, log_format: str) -> None:
-    formatter = TextFormatter() if log_format == "text" else JsonFormatter()
-    logger = _own_handler(tmp_path, formatter, log_format)
-    try:
-        trail = AuditTrail(logger)
-        who = f"eve\n{FORGED}\udcff"
-        trail.granted(who, "retrieve_case", client_ip="127.0.0.1")  # the batched path
-        trail.flush()
-        trail.denied(who, "delete_case", context={"reason": "no\nway"})
-        trace_user_op(who, "update_case", granted=True, logger=logger)
-    finally:
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-            handler.close()
-    lines = _file_lines(tmp_path / f"{log_format}.log")
+def test_audit_records_of_hostile_names(tmp_path: Path, log_format: str) -> None:
+    logfile = tmp_path / f"{log_format}.log"
+    handler = setup_logging(level="INFO", json=log_format == "json", filepath=logfile)
+    who = f"eve\n{FORGED}\udcff"
+    trace_user_op(who, "retrieve_case", granted=True, client_ip="127.0.0.1")
+    trace_user_op(who, "delete_case", granted=False, context={"reason": "no\nway"})
+    trace_user_op(who, "update_case", granted=True)
+    handler.flush()
+    lines = _file_lines(logfile)
     assert len(lines) == 3
     if log_format == "text":
         assert all(TEXT_LINE.match(line) for line in lines)
         escaped = escape_text(who)
         assert lines[0].endswith(
-            f"INFO {logger.name}: granted retrieve_case to {escaped} case=- ip=127.0.0.1"
+            f"INFO fusion.audit: granted retrieve_case to {escaped} case=- ip=127.0.0.1"
         )
-        assert f"WARNING {logger.name}: denied delete_case to {escaped} case=-" in lines[1]
+        assert f"WARNING fusion.audit: denied delete_case to {escaped} case=-" in lines[1]
         assert f"granted update_case to {escaped} case=-" in lines[2]
     else:
         records = [json.loads(line) for line in lines]

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from uuid import UUID
 
+import msgspec
 import pytest
 
 from fusion.concept import Identity, utcnow
-from fusion.helper.logging import FusionFormatter, JsonFormatter, TextFormatter
-from fusion.helper.tracing import AUDIT_LOGGER, AuditRecord, AuditTrail, trace_user_op
+from fusion.helper.logging import JsonFormatter, setup_logging
+from fusion.helper.tracing import AUDIT_LOGGER, AuditRecord, trace_user_op
 
 GUID = UUID("0b5c6c7e-51b1-4c8a-8c2a-3e1f6a9f0d11")
 
@@ -28,17 +27,15 @@ def _audit(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 def test_granted(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="fusion.audit")
     identity = Identity(username="alice", groups=frozenset({"dfir"}))
-    record = trace_user_op(
-        identity, "case.read", granted=True, case_guid=GUID, client_ip="192.0.2.1"
-    )
-    assert isinstance(record, AuditRecord)
-    assert abs(utcnow() - record.time) < timedelta(seconds=5)
+    trace_user_op(identity, "case.read", granted=True, case_guid=GUID, client_ip="192.0.2.1")
     (logged,) = _audit(caplog)
+    when = datetime.fromtimestamp(logged.created, UTC)
+    assert abs(utcnow() - when) < timedelta(seconds=5)
     assert logged.levelno == logging.INFO
     assert logged.getMessage() == f"granted case.read to alice case={GUID} ip=192.0.2.1"
     audit = logged.audit  # type: ignore[attr-defined]
     assert audit == {
-        "time": record.time.isoformat(),
+        "time": when.isoformat(),
         "who": "alice",
         "action": "case.read",
         "granted": True,
@@ -47,6 +44,10 @@ def test_granted(caplog: pytest.LogCaptureFixture) -> None:
         "context": {},
     }
     json.dumps(audit)  # JSON-serialisable as is
+    # The typed view of those fields.
+    typed = msgspec.convert(audit, AuditRecord)
+    assert (typed.time, typed.case_guid, typed.context) == (when, GUID, {})
+    assert typed.to_dict() == audit
 
 
 def test_denied_with_context(caplog: pytest.LogCaptureFixture) -> None:
@@ -74,146 +75,108 @@ def test_json_line(caplog: pytest.LogCaptureFixture) -> None:
     assert line["audit"]["granted"] is True
 
 
-def test_disabled_logger_still_returns_record(caplog: pytest.LogCaptureFixture) -> None:
+def test_disabled_logger_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger="fusion.audit")
-    record = trace_user_op("alice", "case.read", granted=True)
-    assert record.who == "alice"
+    trace_user_op("alice", "case.read", granted=True)
+    trace_user_op("alice", "case.delete", granted=False)
     assert _audit(caplog) == []
     assert AUDIT_LOGGER.name == "fusion.audit"
 
 
-def test_invalid_guid_text() -> None:
+def test_invalid_guid_text(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="fusion.audit")
     with pytest.raises(ValueError, match="badly formed"):
         trace_user_op("alice", "case.read", granted=True, case_guid="nope")
 
 
-# -- AuditTrail: granted decisions batched per loop iteration ----------------------
+# -- through the handlers setup_logging installs, and handlers of one's own --------
 
 
 @pytest.fixture
-def audit_file(tmp_path: Path) -> Iterator[tuple[logging.Logger, Path, logging.FileHandler]]:
-    """A private audit logger (not propagating: pytest's handlers stay out) to a file."""
-    logger = logging.getLogger(f"fusion.audit.test{id(tmp_path)}")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
+def restore_root_logger(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("FUSION_LOG_LEVEL", "FUSION_LOG_FORMAT", "FUSION_LOG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_decisions_in_order_with_their_levels(tmp_path: Path, log_format: str) -> None:
     path = tmp_path / "audit.log"
+    handler = setup_logging(level="INFO", json=log_format == "json", filepath=path)
+    before = time.time()
+    trace_user_op("alice", "retrieve_case", granted=True, case_guid=GUID, client_ip="192.0.2.1")
+    trace_user_op("mallory", "delete_case", granted=False, case_guid=GUID, context={"r": "acs"})
+    trace_user_op("robot", "enumerate_cases", granted=True, context={"page": 2})
+    handler.flush()
+    after = time.time()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 3
+    if log_format == "text":
+        assert [line.split(" ", 1)[1] for line in lines] == [
+            f"INFO fusion.audit: granted retrieve_case to alice case={GUID} ip=192.0.2.1",
+            f"WARNING fusion.audit: denied delete_case to mallory case={GUID} ip=-",
+            "INFO fusion.audit: granted enumerate_cases to robot case=- ip=-",
+        ]
+        return
+    first, second, third = (json.loads(line) for line in lines)
+    assert [entry["level"] for entry in (first, second, third)] == ["INFO", "WARNING", "INFO"]
+    assert first["audit"] == {
+        "time": first["audit"]["time"],
+        "who": "alice",
+        "action": "retrieve_case",
+        "granted": True,
+        "case_guid": str(GUID),
+        "client_ip": "192.0.2.1",
+        "context": {},
+    }
+    assert second["audit"]["granted"] is False
+    assert second["audit"]["context"] == {"r": "acs"}
+    assert third["audit"]["context"] == {"page": 2}
+    assert third["audit"]["client_ip"] is None
+    # Each line carries the time of its decision: the record's, to the microsecond.
+    times = [datetime.fromisoformat(entry["audit"]["time"]) for entry in (first, second, third)]
+    assert times == sorted(times)
+    # (to the microsecond: rounding may take it below the float time it came from)
+    assert before - 1e-6 <= times[0].timestamp()
+    assert times[-1].timestamp() <= after + 1e-6
+    assert first["time"] == times[0].isoformat(timespec="milliseconds")
+
+
+def test_a_handler_of_ones_own_gets_every_record(tmp_path: Path) -> None:
+    """Any handler on fusion.audit works as usual: LogRecords with the ``audit`` field."""
+    path = tmp_path / "own.log"
     handler = logging.FileHandler(path, encoding="utf-8")
-    logger.addHandler(handler)
-    yield logger, path, handler
-    logger.removeHandler(handler)
-    handler.close()
+    handler.setFormatter(logging.Formatter("%(levelname)s|%(name)s|%(message)s|%(audit)s"))
+    AUDIT_LOGGER.addHandler(handler)
+    level = AUDIT_LOGGER.level
+    AUDIT_LOGGER.setLevel(logging.INFO)
+    try:
+        trace_user_op("alice", "retrieve_case", granted=True, case_guid=GUID)
+        trace_user_op("bob", "delete_case", granted=False)
+    finally:
+        AUDIT_LOGGER.removeHandler(handler)
+        AUDIT_LOGGER.setLevel(level)
+        handler.close()
+    first, second = path.read_text(encoding="utf-8").splitlines()
+    assert first.startswith(f"INFO|fusion.audit|granted retrieve_case to alice case={GUID} ip=-|{{")
+    assert "'who': 'alice'" in first
+    assert second.startswith("WARNING|fusion.audit|denied delete_case to bob case=- ip=-|{")
 
 
-def _slow_lines(trail: AuditTrail, entries: list[Any], formatter: logging.Formatter) -> list[str]:
-    return [formatter.format(trail._record(entry)) for entry in entries]
-
-
-@pytest.mark.parametrize("formatter_type", [TextFormatter, JsonFormatter])
-async def test_trail_writes_once_per_iteration_what_logging_would(
-    audit_file: tuple[logging.Logger, Path, logging.FileHandler],
-    formatter_type: type[FusionFormatter],
-) -> None:
-    logger, path, handler = audit_file
-    handler.setFormatter(formatter_type())
-    trail = AuditTrail(logger)
-    trail.granted("alice", "retrieve_case", case_guid=GUID, client_ip="192.0.2.1")
-    trail.granted("robot", "enumerate_cases", context={"page": 2})
-    entries = list(trail._pending)
-    assert path.read_text() == ""  # nothing written before the iteration ends
-    await asyncio.sleep(0)
-    written = path.read_text().splitlines()
-    # Byte for byte what one LogRecord per decision would have given.
-    assert written == _slow_lines(trail, entries, formatter_type())
-    if formatter_type is TextFormatter:
-        assert written[0].endswith(
-            f" INFO {logger.name}: granted retrieve_case to alice case={GUID} ip=192.0.2.1"
-        )
-        assert written[1].endswith("granted enumerate_cases to robot case=- ip=-")
-    else:
-        first, second = (json.loads(line) for line in written)
-        assert first["audit"]["who"] == "alice"
-        assert first["audit"]["case_guid"] == str(GUID)
-        assert first["level"] == "INFO"
-        assert second["audit"]["context"] == {"page": 2}
-        assert second["audit"]["client_ip"] is None
-    # Each line carries the time of its decision, not of the write.
-    assert (
-        json.loads(JsonFormatter().format(trail._record(entries[0])))["audit"]["time"]
-        == datetime.fromtimestamp(entries[0][0], UTC).isoformat()
-    )
-
-
-async def test_trail_denied_flushes_first_and_keeps_order(
-    audit_file: tuple[logging.Logger, Path, logging.FileHandler],
-) -> None:
-    logger, path, handler = audit_file
-    handler.setFormatter(TextFormatter())
-    trail = AuditTrail(logger)
-    trail.granted("alice", "retrieve_case", case_guid=GUID)
-    trail.denied("mallory", "delete_case", case_guid=GUID, context={"reason": "acs"})
-    trail.granted("alice", "update_case", case_guid=GUID)
-    await asyncio.sleep(0)
-    lines = path.read_text().splitlines()
-    assert " WARNING " in lines[1]
-    messages = [line.split(": ", 1)[1] for line in lines]
-    assert messages == [
-        f"granted retrieve_case to alice case={GUID} ip=-",
-        f"denied delete_case to mallory case={GUID} ip=-",
-        f"granted update_case to alice case={GUID} ip=-",
-    ]
-
-
-async def test_trail_batch_cap_and_explicit_flush(
-    audit_file: tuple[logging.Logger, Path, logging.FileHandler],
-) -> None:
-    logger, path, handler = audit_file
-    handler.setFormatter(TextFormatter())
-    trail = AuditTrail(logger, max_batch=3)
-    for index in range(4):
-        trail.granted(f"user{index}", "retrieve_case")
-    assert len(path.read_text().splitlines()) == 3  # the cap wrote the first three
-    trail.flush()
-    assert len(path.read_text().splitlines()) == 4
-    await asyncio.sleep(0)  # the scheduled flush finds nothing left
-    assert len(path.read_text().splitlines()) == 4
-
-
-def test_trail_without_loop_writes_at_once(
-    audit_file: tuple[logging.Logger, Path, logging.FileHandler],
-) -> None:
-    logger, path, handler = audit_file
-    handler.setFormatter(TextFormatter())
-    AuditTrail(logger).granted("alice", "login")
-    assert path.read_text().endswith("granted login to alice case=- ip=-\n")
-
-
-async def test_trail_through_other_handlers_is_one_record_each(
+def test_nothing_is_built_for_a_level_nobody_listens_to(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """pytest's handler is no Fusion stream handler: records as trace_user_op makes them."""
-    caplog.set_level(logging.INFO, logger="fusion.audit")
-    trail = AuditTrail()
-    before = time.time()
-    trail.granted("alice", "retrieve_case", case_guid=GUID, client_ip="192.0.2.1")
-    trail.granted("bob", "retrieve_case", case_guid=GUID)
-    await asyncio.sleep(0)
-    first, second = _audit(caplog)
-    assert first.getMessage() == f"granted retrieve_case to alice case={GUID} ip=192.0.2.1"
-    assert first.levelno == logging.INFO
-    assert before <= first.created <= second.created <= time.time()
-    assert first.audit["who"] == "alice"  # type: ignore[attr-defined]
-    assert first.audit["granted"] is True  # type: ignore[attr-defined]
-    assert second.audit["client_ip"] is None  # type: ignore[attr-defined]
-
-
-async def test_trail_is_silent_when_info_is_off(
-    audit_file: tuple[logging.Logger, Path, logging.FileHandler],
-) -> None:
-    logger, path, handler = audit_file
-    handler.setFormatter(TextFormatter())
-    logger.setLevel(logging.WARNING)
-    trail = AuditTrail(logger)
-    trail.granted("alice", "retrieve_case")
-    assert trail._pending == []
-    await asyncio.sleep(0)
-    assert path.read_text() == ""
+    caplog.set_level(logging.WARNING, logger="fusion.audit")
+    # Skipped at once: not even the case GUID is parsed for a granted decision.
+    trace_user_op("alice", "retrieve_case", granted=True, case_guid="not a guid")
+    trace_user_op("mallory", "delete_case", granted=False)
+    (denied,) = _audit(caplog)
+    assert denied.getMessage() == "denied delete_case to mallory case=- ip=-"

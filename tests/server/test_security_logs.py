@@ -235,3 +235,70 @@ def _check_json(lines: list[str], sent: dict[str, Any]) -> None:
     assert denied["audit"]["who"] == USERNAME
     assert denied["audit"]["granted"] is False
     assert denied["audit"]["case_guid"] == sent["denied_guid"]
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_sigterm_right_after_requests_loses_no_line(tmp_path: Path, log_format: str) -> None:
+    """Lines are written by a thread off the event loop: a SIGTERM that comes right
+    after the answers still finds every access and audit line in the file."""
+    config = server_config_dict(tmp_path, server={"access_log": True})
+    path = write_config(tmp_path / "server.yml", config)
+    log = tmp_path / "server.log"
+    process = ServerProcess(
+        ["--config", str(path)],
+        cwd=tmp_path,
+        env={"FUSION_LOG_FILE": str(log), "FUSION_LOG_FORMAT": log_format},
+    )
+    await asyncio.to_thread(process.start)
+    robot = {"X-Fusion-API-Token": ROBOT_KEY, "X-Request-ID": "bench-42"}
+    reads = 300
+    try:
+        async with aiohttp.ClientSession(process.url) as session:
+            status_code, body = await call(
+                session, "POST", "/api/case", json={"name": "sig", "acs": ["robots"]}, headers=robot
+            )
+            assert status_code == 200, body
+            guid = body["data"]["guid"]
+
+            async def read(_: int) -> int:
+                async with session.get(f"/api/case/{guid}", headers=robot) as response:
+                    await response.read()
+                    return response.status
+
+            statuses = await asyncio.gather(*(read(index) for index in range(reads)))
+            assert set(statuses) == {200}
+            status_code, _ = await call(session, "DELETE", f"/api/case/{guid}")
+            assert status_code == 401
+    finally:
+        # At once: no waiting for the log to settle.
+        code = await asyncio.to_thread(process.stop)
+    assert code == 0, process.output[-2000:]
+    lines = log.read_text(encoding="utf-8").splitlines()
+    if log_format == "text":
+        access = [line for line in lines if " INFO fusion.server.access: " in line]
+        audit = [line for line in lines if " fusion.audit: " in line]
+        read_line = f'"GET /api/case/{guid} HTTP/1.1" 200 '
+        assert len([line for line in access if read_line in line]) == reads
+        assert all(line.endswith(" id=bench-42") for line in access if read_line in line)
+        granted = f"INFO fusion.audit: granted retrieve_case to robot case={guid} ip=127.0.0.1"
+        assert len([line for line in audit if line.endswith(granted)]) == reads
+        # The last request's lines, after all the others.
+        assert '"DELETE /api/case/' in access[-1]
+        assert " 401 " in access[-1]
+    else:
+        records = [json.loads(line) for line in lines]
+        access_records = [r for r in records if r["logger"] == "fusion.server.access"]
+        reads_logged = [
+            r
+            for r in access_records
+            if r["first_request_line"] == f"GET /api/case/{guid} HTTP/1.1"
+            and r["response_status"] == 200
+        ]
+        assert len(reads_logged) == reads
+        assert {r["request_id"] for r in reads_logged} == {"bench-42"}
+        assert all(r["request_time"] > 0 and r["response_size"] > 0 for r in reads_logged)
+        audits = [r["audit"] for r in records if r["logger"] == "fusion.audit"]
+        retrieved = [a for a in audits if a["action"] == "retrieve_case" and a["case_guid"] == guid]
+        assert len(retrieved) == reads
+        assert all(a["granted"] and a["who"] == "robot" for a in retrieved)
+        assert access_records[-1]["first_request_line"].startswith("DELETE /api/case/")

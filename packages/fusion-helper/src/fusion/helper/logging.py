@@ -14,22 +14,32 @@ bidirectional controls, lone surrogates (undecodable bytes kept by
 indented, so that no line of it can pass for a record. A JSON record is never
 dropped for a string UTF-8 cannot encode: such strings are written with
 backslash escapes of the characters it refuses.
+
+:func:`setup_logging` puts a :class:`FusionLogHandler` on the root logger: a
+``QueueHandler`` that formats each record once and queues the line, and a
+thread that writes the lines in batches, off the event loop, in order, and
+writes what is left when the process stops. Handlers added by hand to any
+logger work as usual beside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import queue
 import re
 import sys
+import threading
 from datetime import UTC, datetime
+from logging.handlers import QueueHandler
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 __all__ = [
-    "FusionFormatter",
+    "FusionLogHandler",
     "JsonFormatter",
     "TextFormatter",
     "escape_text",
@@ -127,44 +137,11 @@ def _encode_json(entry: dict[str, Any]) -> str:
     return line
 
 
-# (milliseconds since the epoch, ISO text, with "Z"): lines written in a burst share it.
-_last_iso: tuple[int, str, str] = (-1, "", "")
-
-
-def _iso_times(created: float) -> tuple[int, str, str]:
-    global _last_iso  # a one-entry cache
-    millis = round(created * 1_000_000) // 1000
-    last = _last_iso
-    if last[0] != millis:
-        text = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
-        last = _last_iso = (millis, text, text.replace("+00:00", "Z"))
-    return last
-
-
 def _iso_utc(created: float) -> str:
-    return _iso_times(created)[1]
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
 
 
-def _iso_utc_z(created: float) -> str:
-    return _iso_times(created)[2]
-
-
-class FusionFormatter(logging.Formatter):
-    """Base of the two formats: :meth:`format_fields` renders one line from plain
-    values, so that writers of many lines (the audit trail) skip the LogRecords and
-    still produce exactly what :meth:`format` would."""
-
-    # Whether format_fields() writes the ``extra`` fields (callers may skip building them).
-    uses_extra = True
-
-    def format_fields(
-        self, created: float, levelname: str, name: str, message: str, extra: dict[str, Any]
-    ) -> str:
-        """The line of a record with these fields (no exception, no stack)."""
-        raise NotImplementedError
-
-
-class JsonFormatter(FusionFormatter):
+class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``time`` (ISO UTC), ``level``, ``logger``, ``message``,
     every ``extra=`` field, and ``exception`` (formatted) when there is one."""
 
@@ -175,27 +152,14 @@ class JsonFormatter(FusionFormatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key, value in vars(record).items():
+        # list(): one C call, while another thread's formatter may add attributes.
+        for key, value in list(vars(record).items()):
             if key not in _STANDARD_ATTRS and key not in entry:
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return _encode_json(entry)
-
-    def format_fields(
-        self, created: float, levelname: str, name: str, message: str, extra: dict[str, Any]
-    ) -> str:
-        entry: dict[str, Any] = {
-            "time": _iso_utc(created),
-            "level": levelname,
-            "logger": name,
-            "message": message,
-        }
-        for key, value in extra.items():
-            if key not in entry:
-                entry[key] = value
         return _encode_json(entry)
 
 
@@ -205,34 +169,28 @@ def _indented(text: str) -> str:
     return "\n".join("    " + escape_text(line) for line in text.split("\n"))
 
 
-class TextFormatter(FusionFormatter):
+class TextFormatter(logging.Formatter):
     """``2026-11-28T04:00:00.123Z INFO fusion.server: message`` (UTC), one line per
     record (see :func:`escape_text`); a traceback follows on indented lines."""
-
-    uses_extra = False
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        return _iso_utc_z(record.created)
+        return _iso_utc(record.created)[:-6] + "Z"
 
     def format(self, record: logging.LogRecord) -> str:
         # Not logging.Formatter.format: it would cache the traceback unescaped in
         # record.exc_text, and append whatever another formatter cached there.
-        line = self.format_fields(
-            record.created, record.levelname, record.name, record.getMessage(), {}
+        line = escape_text(
+            f"{_iso_utc(record.created)[:-6]}Z {record.levelname} {record.name}: "
+            f"{record.getMessage()}"
         )
         if record.exc_info:
             line += "\n" + _indented(self.formatException(record.exc_info))
         if record.stack_info:
             line += "\n" + _indented(self.formatStack(record.stack_info))
         return line
-
-    def format_fields(
-        self, created: float, levelname: str, name: str, message: str, extra: dict[str, Any]
-    ) -> str:
-        return escape_text(f"{_iso_utc_z(created)} {levelname} {name}: {message}")
 
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -259,26 +217,143 @@ def _json(value: bool | None) -> bool:
     return fmt == "json"
 
 
+class _Flushed(threading.Event):
+    """Put in the queue by :meth:`FusionLogHandler.flush`: set once what precedes it is written."""
+
+
+_STOP = object()
+
+
+class FusionLogHandler(QueueHandler):
+    """The handler :func:`setup_logging` puts on the root logger: it formats each
+    record once (its :attr:`formatter`, the text or JSON format), queues the line,
+    and a thread of its own writes the lines to :attr:`target`'s stream.
+
+    The thread wakes up when a line arrives, lets :attr:`interval` pass so that
+    others join it, and writes every line waiting in one write and one flush.
+    Formatting stays with the caller on purpose: a second thread running Python
+    code contends for the GIL (and the CPU caches) with the event loop at every
+    record, which cost more than the formatting itself; the thread only joins
+    and writes, its system calls free of the GIL. Lines keep their order (one
+    queue, one reader). :meth:`flush` waits until what was logged before it is
+    written (it cuts the interval short); :meth:`close` writes everything left
+    and stops the thread (``logging.shutdown``, which the interpreter runs at
+    exit, closes every handler: nothing queued is lost on a normal exit).
+    """
+
+    interval = 0.05
+    """Seconds the first line of a batch waits for others (the most a line waits)."""
+
+    def __init__(self, target: logging.StreamHandler[Any]) -> None:
+        super().__init__(queue.SimpleQueue())
+        self.target = target
+        self.formatter = target.formatter
+        self._urgent = threading.Event()
+        self._writer = threading.Thread(target=self._write, name="fusion-log-writer", daemon=True)
+        self._writer.start()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Format ``record`` and queue the line (if this handler's filters pass it).
+
+        Without the lock of :meth:`logging.Handler.handle`: the queue is
+        thread-safe, and the I/O that lock guards is the writer thread's.
+        """
+        if self.filters:
+            passed: object = self.filter(record)
+            if not passed:
+                return False
+            if isinstance(passed, logging.LogRecord):  # a filter may replace it (3.12+)
+                record = passed
+        try:
+            self.queue.put_nowait(self.format(record))
+        except Exception:  # logging never raises into the caller: reported on stderr
+            self.handleError(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Format and queue ``record`` (what :meth:`handle` does, for direct callers)."""
+        self.handle(record)
+
+    def flush(self) -> None:
+        """Wait until every record logged before this call is written (at most 30 s)."""
+        if self._writer.is_alive():
+            flushed = _Flushed()
+            self.queue.put_nowait(flushed)
+            self._urgent.set()
+            flushed.wait(30)
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread and close :attr:`target`."""
+        if self._writer.is_alive():
+            self.queue.put_nowait(_STOP)
+            self._urgent.set()
+            self._writer.join(30)
+        self.target.close()
+        super().close()
+
+    def _write(self) -> None:
+        pending: Any = self.queue
+        urgent = self._urgent
+        while True:
+            batch = [pending.get()]
+            urgent.wait(self.interval)
+            # Cleared before the queue is drained: a flush() that set it has put
+            # its marker already, and is answered in this batch.
+            urgent.clear()
+            while True:
+                try:
+                    batch.append(pending.get_nowait())
+                except queue.Empty:
+                    break
+            lines: list[str] = []
+            for item in batch:
+                if type(item) is str:
+                    lines.append(item)
+                    continue
+                self._write_lines(lines)
+                lines = []
+                if item is _STOP:
+                    return
+                item.set()
+            self._write_lines(lines)
+
+    def _write_lines(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        target = self.target
+        terminator = target.terminator
+        with target.lock or contextlib.nullcontext():
+            try:
+                target.stream.write(terminator.join(lines) + terminator)
+                target.stream.flush()
+            except Exception:
+                target.handleError(logging.makeLogRecord({"msg": lines[0]}))
+
+
 def setup_logging(
     level: int | str | None = None,
     json: bool | None = None,
     filepath: Path | str | None = None,
-) -> logging.Handler:
+) -> FusionLogHandler:
     """Configure the root logger once per process; calling again replaces the setup.
 
     Arguments left to None come from ``FUSION_LOG_LEVEL``, ``FUSION_LOG_FORMAT``
-    and ``FUSION_LOG_FILE``. Returns the installed handler.
+    and ``FUSION_LOG_FILE``. The root logger gets a :class:`FusionLogHandler`
+    (returned), whose thread writes to the file or to standard error; handlers
+    added to any logger by hand work as usual beside it. Close the handler (or
+    let ``logging.shutdown`` do it at exit) to write what is queued.
     """
     resolved_level = _level(level)
     use_json = _json(json)
     if filepath is None:
         filepath = os.environ.get("FUSION_LOG_FILE") or None
-    handler: logging.Handler
+    target: logging.StreamHandler[Any]
     if filepath is not None:
-        handler = logging.FileHandler(filepath, encoding="utf-8")
+        target = logging.FileHandler(filepath, encoding="utf-8")
     else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+        target = logging.StreamHandler(sys.stderr)
+    target.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    handler = FusionLogHandler(target)
     handler.set_name("fusion")
     root = logging.getLogger()
     for existing in list(root.handlers):

@@ -3,38 +3,40 @@
 Each decision is logged at INFO (granted) or WARNING (refused) with the message
 ``"granted case.read to alice case=<guid> ip=<addr>"`` and the record's ``audit``
 attribute (from ``extra=``) holding the JSON-compatible :class:`AuditRecord`
-fields, which the JSON log format writes as one object.
+fields, which the JSON log format writes as one object. They are ordinary
+LogRecords: whatever handler a user puts on ``fusion.audit`` (or above) gets them.
 
-:class:`FusionAccessLogger` is aiohttp's access log with the token of every
-``/api/download/{guid}/{token}`` URL redacted: a pending download key is a
-credential, and log files are read by more people than the files it opens.
+:class:`FusionAccessLogger` is the access log: one line per request, with the
+token of every ``/api/download/{guid}/{token}`` URL redacted (a pending download
+key is a credential, and log files are read by more people than the files it
+opens).
+
+Both run on every request: they build their message once, as a record without
+arguments nor caller lookup (``findCaller`` walks the stack; the line of the
+logging call says nothing here), and do nothing at all when the logger is not
+enabled for the level.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-import time
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 from uuid import UUID
 
 import msgspec
-from aiohttp.web_log import AccessLogger
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from fusion.concept import Identity, utcnow
-from fusion.helper.logging import FusionFormatter
+from fusion.concept import Identity
 
 __all__ = [
     "AUDIT_LOGGER",
     "REDACTED",
     "AuditRecord",
-    "AuditTrail",
     "FusionAccessLogger",
     "redact_download_tokens",
     "trace_user_op",
@@ -44,7 +46,9 @@ AUDIT_LOGGER = logging.getLogger("fusion.audit")
 
 
 class AuditRecord(msgspec.Struct, kw_only=True):
-    """Who tried what, on which case, from where, and whether it was allowed."""
+    """Who tried what, on which case, from where, and whether it was allowed: the
+    fields of the ``audit`` attribute of every ``fusion.audit`` record
+    (``msgspec.convert(record.audit, AuditRecord)`` reads one back)."""
 
     time: datetime
     who: str
@@ -55,13 +59,13 @@ class AuditRecord(msgspec.Struct, kw_only=True):
     context: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible fields (built by hand: this runs on every request)."""
+        """JSON-compatible fields, as the ``audit`` attribute holds them."""
         return _audit_dict(
             self.time,
             self.who,
             self.action,
             self.granted,
-            self.case_guid,
+            None if self.case_guid is None else str(self.case_guid),
             self.client_ip,
             self.context,
         )
@@ -72,7 +76,7 @@ def _audit_dict(
     who: str,
     action: str,
     granted: bool,
-    case_guid: UUID | str | None,
+    case_guid: str | None,
     client_ip: str | None,
     context: dict[str, Any],
 ) -> dict[str, Any]:
@@ -81,7 +85,7 @@ def _audit_dict(
         "who": who,
         "action": action,
         "granted": granted,
-        "case_guid": None if case_guid is None else _guid_text(case_guid),
+        "case_guid": case_guid,
         "client_ip": client_ip,
         "context": context,
     }
@@ -96,221 +100,42 @@ def trace_user_op(
     client_ip: str | None = None,
     context: dict[str, Any] | None = None,
     logger: logging.Logger = AUDIT_LOGGER,
-) -> AuditRecord:
-    """Record one access decision on ``logger`` (``fusion.audit``) and return it."""
+) -> None:
+    """Record one access decision on ``logger`` (``fusion.audit``): INFO when
+    ``granted``, WARNING when not; nothing at all when ``logger`` is not enabled
+    for that level. A ``case_guid`` string must be a UUID (ValueError)."""
+    level = logging.INFO if granted else logging.WARNING
+    if not logger.isEnabledFor(level):
+        return
     who = (
         identity_or_username.username
         if isinstance(identity_or_username, Identity)
         else identity_or_username
     )
     if isinstance(case_guid, str):
-        case_guid = UUID(case_guid)
-    record = AuditRecord(
-        time=utcnow(),
-        who=who,
-        action=action,
-        granted=granted,
-        case_guid=case_guid,
-        client_ip=client_ip,
-        context=context or {},
+        case_guid = UUID(case_guid)  # checked: a ValueError, not a wrong record
+    guid = None if case_guid is None else str(case_guid)
+    record = logger.makeRecord(
+        logger.name,
+        level,
+        "",
+        0,
+        f"{'granted' if granted else 'denied'} {action} to {who} "
+        f"case={guid or '-'} ip={client_ip or '-'}",
+        (),
+        None,
     )
-    level = logging.INFO if granted else logging.WARNING
-    if logger.isEnabledFor(level):
-        logger.log(
-            level,
-            "%s %s to %s case=%s ip=%s",
-            "granted" if granted else "denied",
-            action,
-            who,
-            case_guid or "-",
-            client_ip or "-",
-            extra={"audit": record.to_dict()},
-        )
-    return record
-
-
-_Entry = tuple[float, str, str, "UUID | str | None", "str | None", "dict[str, Any] | None"]
-
-
-class AuditTrail:
-    """Granted decisions of hot paths, written once per event-loop iteration.
-
-    :func:`trace_user_op` makes a LogRecord per decision, and every record is
-    formatted and written (one system call) on its own: tens of microseconds on
-    a route that answers in fifty. :meth:`granted` only appends the decision to
-    a list; the list is written when the loop iteration ends (or at
-    ``max_batch`` decisions, or on :meth:`flush`), as the same lines in one
-    write when every handler on the way is a Fusion stream handler (see
-    :func:`fusion.helper.logging.setup_logging`), or as one LogRecord each —
-    with the ``audit`` attribute, at the decision's time — otherwise (filters,
-    other handlers, pytest's ``caplog``).
-
-    Refusals are rare and matter most: :meth:`denied` flushes what is pending,
-    then logs the refusal at once (WARNING), so the trail stays in order.
-    """
-
-    def __init__(self, logger: logging.Logger = AUDIT_LOGGER, *, max_batch: int = 512) -> None:
-        self.logger = logger
-        self.max_batch = max_batch
-        self._pending: list[_Entry] = []
-        self._scheduled = False
-
-    def granted(
-        self,
-        who: str,
-        action: str,
-        *,
-        case_guid: UUID | str | None = None,
-        client_ip: str | None = None,
-        context: dict[str, Any] | None = None,
-    ) -> None:
-        """Record a granted decision (INFO); written at the end of this loop iteration."""
-        if not self.logger.isEnabledFor(logging.INFO):
-            return
-        pending = self._pending
-        pending.append((time.time(), who, action, case_guid, client_ip, context))
-        if len(pending) >= self.max_batch:
-            self.flush()
-        elif not self._scheduled:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self.flush()
-                return
-            loop.call_soon(self.flush)
-            self._scheduled = True
-
-    def denied(
-        self,
-        who: str,
-        action: str,
-        *,
-        case_guid: UUID | str | None = None,
-        client_ip: str | None = None,
-        context: dict[str, Any] | None = None,
-    ) -> None:
-        """Record a refusal (WARNING), written at once after the pending decisions."""
-        self.flush()
-        trace_user_op(
-            who,
-            action,
-            granted=False,
-            case_guid=case_guid,
-            client_ip=client_ip,
-            context=context,
-            logger=self.logger,
-        )
-
-    def flush(self) -> None:
-        """Write the pending decisions now."""
-        self._scheduled = False
-        pending = self._pending
-        if not pending:
-            return
-        self._pending = []
-        handlers = _fast_handlers(self.logger)
-        if handlers is None:
-            for entry in pending:
-                self.logger.handle(self._record(entry))
-            return
-        name = self.logger.name
-        # Built once for every handler; the audit fields only when a format writes them.
-        messages = [_message(entry) for entry in pending]
-        uses_extra = any(_formatter(handler).uses_extra for handler in handlers)
-        extras = [{"audit": _audit_fields(entry)} if uses_extra else {} for entry in pending]
-        for handler in handlers:
-            fields = _formatter(handler).format_fields
-            lines = [
-                fields(entry[0], "INFO", name, message, extra)
-                for entry, message, extra in zip(pending, messages, extras, strict=True)
-            ]
-            text = handler.terminator.join(lines) + handler.terminator
-            handler.acquire()
-            try:
-                handler.stream.write(text)
-                handler.flush()
-            except Exception:  # logging never raises into the caller
-                handler.handleError(self._record(pending[0]))
-            finally:
-                handler.release()
-
-    def _record(self, entry: _Entry) -> logging.LogRecord:
-        record = self.logger.makeRecord(
-            self.logger.name,
-            logging.INFO,
-            "",
-            0,
-            _message(entry),
-            (),  # no %-args: the message is final
-            None,
-            extra={"audit": _audit_fields(entry)},
-        )
-        record.created = entry[0]
-        record.msecs = (entry[0] - int(entry[0])) * 1000
-        return record
-
-
-# id(UUID) -> (the UUID, its text): str(UUID) is pure Python, and a hot route
-# audits the same few cached cases over and over.
-_GUID_TEXTS: dict[int, tuple[UUID, str]] = {}
-
-
-def _guid_text(guid: UUID | str | None) -> str:
-    if guid is None:
-        return "-"
-    if isinstance(guid, str):
-        return guid
-    known = _GUID_TEXTS.get(id(guid))
-    if known is not None and known[0] is guid:
-        return known[1]
-    if len(_GUID_TEXTS) >= 4096:
-        _GUID_TEXTS.clear()
-    text = str(guid)
-    _GUID_TEXTS[id(guid)] = (guid, text)
-    return text
-
-
-def _message(entry: _Entry) -> str:
-    return f"granted {entry[2]} to {entry[1]} case={_guid_text(entry[3])} ip={entry[4] or '-'}"
-
-
-def _audit_fields(entry: _Entry) -> dict[str, Any]:
-    # The fields of AuditRecord.to_dict(), without building the Struct.
-    when = datetime.fromtimestamp(entry[0], UTC)
-    return _audit_dict(when, entry[1], entry[2], True, entry[3], entry[4], entry[5] or {})
-
-
-def _formatter(handler: logging.Handler) -> FusionFormatter:
-    formatter = handler.formatter
-    assert isinstance(formatter, FusionFormatter)  # checked by _fast_handlers
-    return formatter
-
-
-def _fast_handlers(logger: logging.Logger) -> list[logging.StreamHandler[Any]] | None:
-    """The handlers an INFO record of ``logger`` reaches, when all of them can take
-    a batch of preformatted lines; None when any cannot (or there is none)."""
-    found: list[logging.StreamHandler[Any]] = []
-    current: logging.Logger | None = logger
-    while current is not None:
-        if current.filters:
-            return None
-        for handler in current.handlers:
-            if (
-                type(handler) not in _STREAM_HANDLERS
-                or not isinstance(handler.formatter, FusionFormatter)
-                or handler.filters
-                or getattr(handler, "stream", None) is None
-            ):
-                return None
-            if handler.level <= logging.INFO:
-                found.append(handler)  # type: ignore[arg-type]
-        if not current.propagate:
-            break
-        current = current.parent
-    return found or None
-
-
-_STREAM_HANDLERS = (logging.StreamHandler, logging.FileHandler)
+    # The decision's time is the record's, to the microsecond.
+    record.audit = _audit_dict(
+        datetime.fromtimestamp(record.created, UTC),
+        who,
+        action,
+        granted,
+        guid,
+        client_ip,
+        context or {},
+    )
+    logger.handle(record)
 
 
 REDACTED = "<redacted>"
@@ -337,17 +162,56 @@ def redact_download_tokens(text: str) -> str:
     return _DOWNLOAD_TOKEN.sub(r"\1" + REDACTED, text)
 
 
-class FusionAccessLogger(AccessLogger):
-    """aiohttp's :class:`~aiohttp.web_log.AccessLogger` (same formats, same ``extra``
-    fields), with :func:`redact_download_tokens` applied to every value it logs:
-    the request line, and headers such as ``Referer`` that may carry the URL."""
+class FusionAccessLogger(AbstractAccessLogger):
+    """The access log (``access_log_class`` of aiohttp): one INFO record per request,
 
-    # aiohttp's one hook between computing the values and logging them (both the
-    # message and the ``extra`` fields are built from what it returns).
-    def _format_line(
-        self, request: BaseRequest, response: StreamResponse, time: float
-    ) -> Iterable[tuple[str | tuple[str, str], str]]:
-        return [
-            (key, redact_download_tokens(value) if isinstance(value, str) else value)
-            for key, value in super()._format_line(request, response, time)
-        ]
+    ``127.0.0.1 "GET /api/case/... HTTP/1.1" 200 1234 0.512ms "<referer>" "<user agent>"``
+
+    followed by `` id=<X-Request-ID>`` when the request carries one. The request
+    line and the headers go through :func:`redact_download_tokens` (a ``Referer``
+    may carry a download URL too); the text format escapes what the network sent
+    (see :func:`fusion.helper.logging.escape_text`). The record's ``extra``
+    fields, which the JSON format writes: ``remote_address``,
+    ``first_request_line``, ``response_status``, ``response_size``,
+    ``request_time`` (seconds), ``request_header`` (``Referer``, ``User-Agent``)
+    and ``request_id`` when there is one. ``log_format`` is ignored.
+    """
+
+    @property
+    def enabled(self) -> bool:
+        """Whether INFO records of the logger go anywhere (aiohttp asks per connection)."""
+        return self.logger.isEnabledFor(logging.INFO)
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        """Log the line of one answered request."""
+        logger = self.logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        headers = request.headers
+        version = request.version
+        request_line = redact_download_tokens(
+            f"{request.method} {request.raw_path} HTTP/{version.major}.{version.minor}"
+        )
+        referer = redact_download_tokens(headers.get("Referer", "-"))
+        agent = redact_download_tokens(headers.get("User-Agent", "-"))
+        remote = request.remote or "-"
+        status = response.status
+        size = response.body_length
+        message = (
+            f'{remote} "{request_line}" {status} {size} {time * 1000:.3f}ms "{referer}" "{agent}"'
+        )
+        record = logger.makeRecord(logger.name, logging.INFO, "", 0, message, (), None)
+        # The extra fields, set as makeRecord(extra=...) would, without its check
+        # of each name (these never clash with a LogRecord attribute).
+        fields = record.__dict__
+        fields["remote_address"] = remote
+        fields["first_request_line"] = request_line
+        fields["response_status"] = status
+        fields["response_size"] = size
+        fields["request_time"] = time
+        fields["request_header"] = {"Referer": referer, "User-Agent": agent}
+        request_id = headers.get("X-Request-ID")
+        if request_id is not None:
+            record.msg = f"{message} id={request_id}"
+            fields["request_id"] = request_id
+        logger.handle(record)

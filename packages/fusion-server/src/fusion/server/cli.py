@@ -150,7 +150,7 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else config.server.port
     try:
         # FUSION_LOG_LEVEL / FUSION_LOG_FORMAT (text or json) / FUSION_LOG_FILE.
-        setup_logging()
+        log_handler = setup_logging()
     except (ValueError, OSError) as exc:
         raise CommandError(f"logging: {exc}", _EXIT_CONFIG) from None
     _LOGGER.info("fusion-server %s on http://%s:%d (%s)", __version__, host, port, _summary(config))
@@ -163,6 +163,9 @@ def _serve(args: argparse.Namespace) -> int:
         # for the operator, the traceback only at debug level.
         _LOGGER.debug("startup failed", exc_info=True)
         raise CommandError(f"cannot start: {type(exc).__name__}: {exc}") from None
+    finally:
+        # Stopped (SIGTERM, SIGINT) or failed: every record queued is written now.
+        log_handler.flush()
     return 0
 
 

@@ -20,7 +20,7 @@ from fusion.helper.aiohttp import (
     read_json,
 )
 from fusion.helper.store import SharedStore, StoreUnavailableError
-from fusion.helper.tracing import AUDIT_LOGGER, AuditTrail
+from fusion.helper.tracing import AUDIT_LOGGER, trace_user_op
 from fusion.server._lifecycle import started
 from fusion.server.appkeys import AUTH, CONFIG, STORAGE, STORE
 from fusion.server.auth.access import Access, Action, can_access_case, can_delete
@@ -96,7 +96,6 @@ class FusionAuthAPI:
         self._store: SharedStore | None = None
         self._storage: FusionStorage | None = None
         self._sessions: SessionManager | None = None
-        self.audit_trail = AuditTrail()
 
     # -- wiring ---------------------------------------------------------------
     def setup(self, app: web.Application) -> None:
@@ -120,7 +119,6 @@ class FusionAuthAPI:
         try:
             yield
         finally:
-            self.audit_trail.flush()
             if self.backend is not None:
                 await self.backend.shutdown()
 
@@ -302,9 +300,7 @@ class FusionAuthAPI:
         """Write one audit record: who, what, which case, from where, and the outcome.
 
         ``identity`` is the caller, or the name a refused caller tried (a login).
-
-        Granted decisions are written in batches, at the end of the event-loop
-        iteration (see :class:`~fusion.helper.tracing.AuditTrail`); refusals at once.
+        One record on ``fusion.audit`` (see :func:`~fusion.helper.tracing.trace_user_op`).
         """
         name = action if isinstance(action, str) else action.name
         context = None if isinstance(action, str) or not action.context else action.context
@@ -322,9 +318,10 @@ class FusionAuthAPI:
             return
         if reason is not None:
             context = {**(context or {}), "reason": reason}
-        self.audit_trail.denied(
+        trace_user_op(
             who,
             name,
+            granted=False,
             case_guid=case.guid if case is not None else None,
             client_ip=self.client_ip(request),
             context=context,
@@ -338,9 +335,10 @@ class FusionAuthAPI:
         case: Case | None,
         context: dict[str, Any] | None,
     ) -> None:
-        self.audit_trail.granted(
+        trace_user_op(
             who,
             name,
+            granted=True,
             case_guid=None if case is None else case.guid,
             client_ip=self.client_ip(request),
             context=context or None,
