@@ -37,6 +37,7 @@ from fusion.client import (
     FusionInfoAPIClient,
 )
 from fusion.concept import Case, Event
+from fusion.helper.config import TLSConfig
 from fusion.server.app import FusionServer
 from fusion.server.download import FusionDownloadAPI
 
@@ -307,7 +308,7 @@ async def test_tls_ca_and_fingerprint_against_the_real_server(
     runner, port = await _serve(FusionServer(server_config(tmp_path / "data")).build(), context)
     url = f"https://127.0.0.1:{port}"
     try:
-        for setting in ({"cafile": str(tls_files.ca_file)}, tls_files.fingerprint):
+        for setting in (TLSConfig(ca_file=str(tls_files.ca_file)), tls_files.fingerprint):
             config = FusionClientConfig(api_url=url, ssl=setting)
             async with FusionClient(config) as client:
                 assert (await FusionInfoAPIClient(client).info()).api == "fusion-test"

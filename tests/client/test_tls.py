@@ -15,8 +15,8 @@ from fusion.client import (
     FusionConnectionError,
     FusionInfoAPIClient,
 )
-from fusion.concept import Info
-from fusion.helper.config import ConfigError
+from fusion.concept import ConceptError, Info
+from fusion.helper.config import ConfigError, TLSConfig
 
 if TYPE_CHECKING:
     from fusion_testing.tls import TLSFiles
@@ -42,7 +42,7 @@ async def test_unknown_ca_is_refused(tls_url: str) -> None:
 
 async def test_private_ca_file_is_trusted(tls_url: str, tls_files: TLSFiles) -> None:
     config = FusionClientConfig.from_dict(
-        {"api_url": tls_url, "ssl": {"cafile": str(tls_files.ca_file)}}
+        {"api_url": tls_url, "ssl": {"ca_file": str(tls_files.ca_file)}}
     )
     assert (await _info(config)).api == "fusion-test"
 
@@ -68,7 +68,24 @@ async def test_verify_false_skips_checks(tls_url: str) -> None:
 
 def test_missing_ca_file_is_a_clear_error(tmp_path: Path) -> None:
     config = FusionClientConfig.from_dict(
-        {"api_url": "https://127.0.0.1:1", "ssl": {"cafile": str(tmp_path / "none.pem")}}
+        {"api_url": "https://127.0.0.1:1", "ssl": {"ca_file": str(tmp_path / "none.pem")}}
     )
     with pytest.raises(ConfigError, match="cannot load CA certificates"):
         FusionClient(config)
+
+
+def test_the_old_mapping_keys_name_the_new_ones(tls_files: TLSFiles) -> None:
+    with pytest.raises(ConceptError, match=r"unknown key 'cafile' \(did you mean 'ca_file'\?\)"):
+        FusionClientConfig(api_url="https://127.0.0.1:1", ssl={"cafile": str(tls_files.ca_file)})  # type: ignore[arg-type]
+    with pytest.raises(ConceptError, match="unknown field `cafile`"):
+        FusionClientConfig.from_dict(
+            {"api_url": "https://127.0.0.1:1", "ssl": {"cafile": str(tls_files.ca_file)}}
+        )
+
+
+async def test_every_spelling_is_one_tls_config(tls_url: str, tls_files: TLSFiles) -> None:
+    pinned = FusionClientConfig(api_url=tls_url, ssl=tls_files.fingerprint)
+    assert pinned.ssl == TLSConfig(fingerprint=tls_files.fingerprint)
+    assert FusionClientConfig(api_url=tls_url, ssl=False).ssl == TLSConfig(verify=False)
+    trusted = FusionClientConfig(api_url=tls_url, ssl=TLSConfig(ca_file=str(tls_files.ca_file)))
+    assert (await _info(trusted)).api == "fusion-test"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import ipaddress
@@ -18,7 +19,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fusion.helper.config import ConfigError, env_ref, load_ssl_config, resolve_env_refs
+from fusion.helper.config import (
+    ConfigError,
+    TLSConfig,
+    env_ref,
+    load_ssl_config,
+    resolve_env_refs,
+    tls_config,
+)
 
 
 class Certificate(NamedTuple):
@@ -117,19 +125,55 @@ async def test_fingerprint_pinning(tls_url: str, certificate: Certificate) -> No
 
 
 async def test_ca_mapping(tls_url: str, certificate: Certificate) -> None:
-    for value in ({"cafile": str(certificate.certfile)}, {"cadata": certificate.pem}):
+    for value in (
+        {"ca_file": str(certificate.certfile)},
+        {"ca_data": certificate.pem},
+        {"ca_path": str(certificate.certfile.parent), "ca_file": str(certificate.certfile)},
+        TLSConfig(ca_file=str(certificate.certfile)),
+    ):
         context = load_ssl_config(value)
         assert isinstance(context, ssl.SSLContext)
         assert context.verify_mode == ssl.CERT_REQUIRED
         assert await _fetch(tls_url, context) == "hello"
 
 
+def test_every_spelling_is_one_shape(certificate: Certificate) -> None:
+    assert tls_config(True) == tls_config(None) == tls_config("true") == TLSConfig()
+    assert tls_config(False) == tls_config("false") == TLSConfig(verify=False)
+    assert tls_config(certificate.sha256) == TLSConfig(fingerprint=certificate.sha256)
+    shape = TLSConfig(ca_file="/ca.pem", cert_file="/c.pem", key_file="/k.pem")
+    assert tls_config(shape) is shape
+    assert tls_config({"ca_file": "/ca.pem", "cert_file": "/c.pem", "key_file": "/k.pem"}) == shape
+
+
+async def test_the_ssl_context_of_the_shape_is_what_ldap_wraps_with(
+    tls_url: str, certificate: Certificate
+) -> None:
+    """ssl_context() is a plain stdlib context: verified with CAs, unchecked with verify false."""
+    port = int(tls_url.rsplit(":", 1)[1].strip("/"))
+    trusted = TLSConfig(ca_file=str(certificate.certfile)).ssl_context()
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=trusted, server_hostname="127.0.0.1"
+    )
+    writer.close()
+    await writer.wait_closed()
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await asyncio.open_connection(
+            "127.0.0.1", port, ssl=TLSConfig().ssl_context(), server_hostname="127.0.0.1"
+        )
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=TLSConfig(verify=False).ssl_context(), server_hostname="127.0.0.1"
+    )
+    writer.close()
+    await writer.wait_closed()
+
+
 def test_client_certificate(certificate: Certificate) -> None:
     context = load_ssl_config(
         {
-            "cafile": str(certificate.certfile),
-            "certfile": str(certificate.certfile),
-            "keyfile": str(certificate.keyfile),
+            "ca_file": str(certificate.certfile),
+            "cert_file": str(certificate.certfile),
+            "key_file": str(certificate.keyfile),
         }
     )
     assert isinstance(context, ssl.SSLContext)
@@ -138,14 +182,16 @@ def test_client_certificate(certificate: Certificate) -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("yes", "ssl: 'yes' is not a SHA-256 fingerprint"),
+        ("yes", "ssl: fingerprint: 'yes' is not a SHA-256 fingerprint"),
         ("ab" * 31, "is not a SHA-256 fingerprint"),
-        (42, "ssl: expected true, false, a SHA-256 fingerprint or a mapping"),
-        ({}, "ssl: a mapping needs at least one of cafile, capath, cadata"),
-        ({"cafile": "/x", "verify": True}, "ssl: unknown key(s) ['verify']"),
-        ({"cafile": 3}, "ssl.cafile: expected a string, got int"),
-        ({"cafile": "/nonexistent/ca.pem"}, "ssl.cafile: cannot load CA certificates"),
-        ({"cadata": "not a pem"}, "ssl.cadata: cannot load CA certificates '<inline PEM>'"),
+        (42, "ssl: expected true, false, a SHA-256 fingerprint or a mapping of verify/ca_file"),
+        ({"cafile": "/x"}, "ssl: unknown key 'cafile' (did you mean 'ca_file'?)"),
+        ({"certfile": "/x"}, "ssl: unknown key 'certfile' (did you mean 'cert_file'?)"),
+        ({"ca_file": 3}, "ssl: Expected `str | null`, got `int` - at `$.ca_file`"),
+        ({"ca_file": "/nonexistent/ca.pem"}, "ssl.ca_file: cannot load CA certificates"),
+        ({"ca_data": "not a pem"}, "ssl.ca_data: cannot load CA certificates '<inline PEM>'"),
+        ({"verify": False, "ca_file": "/x"}, "ssl: verify: false checks nothing"),
+        ({"fingerprint": "ab" * 32, "ca_file": "/x"}, "ssl: fingerprint: a pinned certificate"),
     ],
 )
 def test_bad_ssl_values(value: Any, expected: str) -> None:
@@ -155,12 +201,12 @@ def test_bad_ssl_values(value: Any, expected: str) -> None:
 
 
 def test_bad_client_certificate(certificate: Certificate) -> None:
-    with pytest.raises(ConfigError, match=r"client\.tls\.keyfile: needs client\.tls\.certfile"):
+    with pytest.raises(ConfigError, match=r"client\.tls: key_file: needs cert_file"):
         load_ssl_config(
-            {"cafile": str(certificate.certfile), "keyfile": "/k.pem"}, key="client.tls"
+            {"ca_file": str(certificate.certfile), "key_file": "/k.pem"}, key="client.tls"
         )
-    with pytest.raises(ConfigError, match="certfile: cannot load client certificate"):
-        load_ssl_config({"cafile": str(certificate.certfile), "certfile": "/missing.pem"})
+    with pytest.raises(ConfigError, match=r"ssl\.cert_file: cannot load client certificate"):
+        load_ssl_config({"ca_file": str(certificate.certfile), "cert_file": "/missing.pem"})
 
 
 # -- environment references --------------------------------------------------

@@ -49,7 +49,7 @@ def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("yaml", "message"),
     [
-        ("server:\n  prot: 8080\n", "unknown key 'server.prot'"),
+        ("server:\n  prot: 8080\n", "unknown key 'server.prot' (did you mean 'port'?)"),
         ("sever: {}\n", "unknown key 'sever'"),
         ("server:\n  port: http\n", "server.port: Expected `int`, got `str` (value 'http')"),
         ("server:\n  port: 70000\n", "server.port: Expected `int` <= 65535 (value 70000)"),
@@ -58,8 +58,11 @@ def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
             "server.trusted_proxies[1]: 'proxy' is not an IP address or network",
         ),
         ("shared_store:\n  url: ftp://x\n", "unsupported shared store URL 'ftp://x'"),
-        ("auth:\n  backend: {type: kerberos}\n", "auth.backend.type: unknown backend type"),
-        ("auth:\n  backend: {users: []}\n", "auth.backend: missing `type`"),
+        (
+            "auth:\n  backend: {type: kerberos}\n",
+            "auth.backend.type: unknown backend type 'kerberos' (basic, ldap, oidc)",
+        ),
+        ("auth:\n  backend: {users: []}\n", "auth.backend: Object missing required field `type`"),
         (
             "auth:\n  backend: {type: basic, users: [{username: a, password_hash: x}]}\n",
             "auth.backend.users[0].password_hash: Expected `str` matching regex",

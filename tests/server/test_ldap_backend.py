@@ -14,6 +14,7 @@ import pytest
 from fusion_testing.slapd import SUFFIX, SlapdServer
 from fusion_testing.tls import make_tls_files
 
+from fusion.helper.config import TLSConfig
 from fusion.server.auth.backend import (
     BackendUnavailableError,
     FusionAuthBackendConfig,
@@ -92,7 +93,8 @@ def test_config_is_found_by_tag_and_decodes_from_yaml_shapes() -> None:
         config_class,
     )
     assert isinstance(decoded, LDAPBackendConfig)
-    assert decoded.tls_verify == "required"
+    assert decoded.tls == TLSConfig()
+    assert decoded.tls_verify is None
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,7 @@ from fusion.client.download import FusionDownloadAPIClient
 from fusion.client.errors import FusionAPIError, FusionClientError, FusionConnectionError
 from fusion.client.event import FusionEventAPIClient
 from fusion.concept import Case, ConceptError, PendingDownloadKey, utcnow
+from fusion.helper.config import TLSConfig
 
 __all__ = [
     "EXIT_API_ERROR",
@@ -438,11 +439,11 @@ def _client_config(args: argparse.Namespace) -> FusionClientConfig:
     url = args.url or os.environ.get("FUSION_URL")
     if not url:
         raise UsageError("no service URL: pass --url or set FUSION_URL")
-    ssl: bool | str | dict[str, str] = True
+    ssl: TLSConfig | bool | str = True
     if args.insecure:
         ssl = False
     elif args.ca:
-        ssl = {"cafile": args.ca}
+        ssl = TLSConfig(ca_file=args.ca)
     elif args.fingerprint:
         ssl = args.fingerprint
     cookies = session_file(url)

@@ -6,7 +6,7 @@ import msgspec
 from yarl import URL
 
 from fusion.concept import Concept, ConceptError
-from fusion.helper.config import ConfigError, load_ssl_config
+from fusion.helper.config import ConfigError, TLSConfig, tls_config
 
 __all__ = [
     "FusionClientConfig",
@@ -41,17 +41,18 @@ class FusionClientConfig(Concept, kw_only=True, forbid_unknown_fields=True):
 
     ``api_url`` is the service's base URL (``https://host:port``, optionally
     with a path prefix). ``api_key`` is sent as ``X-Fusion-API-Token`` (robot
-    clients). ``ssl`` is what :func:`fusion.helper.config.load_ssl_config`
-    reads, as in server configurations: ``true`` (system CAs), ``false`` (no
-    checks), a hex SHA-256 certificate fingerprint to pin (colons allowed),
-    or ``{"cafile": ...}`` / ``capath`` / ``cadata`` (plus ``certfile`` and
-    ``keyfile`` for a client certificate). ``cookie_jar`` is a file where the session cookie is kept
+    clients). ``ssl`` is a :class:`~fusion.helper.config.TLSConfig`, the TLS
+    shape of server configurations too (``{"ca_file": ...}``, ``ca_path``,
+    ``ca_data``, ``fingerprint``, ``cert_file``/``key_file`` for a client
+    certificate, ``verify``); ``True`` (system CAs), ``False`` (no checks) and
+    a hex SHA-256 fingerprint string (pin) are short forms, and every form is
+    a TLSConfig once the config is built. ``cookie_jar`` is a file where the session cookie is kept
     between runs (read on open, written on close, mode 0600).
     """
 
     api_url: str
     api_key: str | None = None
-    ssl: bool | str | dict[str, str] = True
+    ssl: TLSConfig | bool | str = msgspec.field(default_factory=TLSConfig)
     proxy: FusionClientProxyConfig | None = None
     trust_env: bool = False
     timeout: FusionClientTimeoutConfig = msgspec.field(default_factory=FusionClientTimeoutConfig)
@@ -63,9 +64,9 @@ class FusionClientConfig(Concept, kw_only=True, forbid_unknown_fields=True):
             raise ConceptError(
                 f"invalid api_url {self.api_url!r}: expected http(s)://host[:port][/prefix]"
             )
-        if isinstance(self.ssl, str):
-            # Checked here so a bad fingerprint fails when the config is read.
-            try:
-                load_ssl_config(self.ssl)
-            except ConfigError as exc:
-                raise ConceptError(str(exc)) from None
+        # Checked here so a bad fingerprint fails when the config is read (the
+        # CA files are read by FusionClient).
+        try:
+            self.ssl = tls_config(self.ssl, "ssl")
+        except ConfigError as exc:
+            raise ConceptError(str(exc)) from None

@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar, overload
 import msgspec
 
 from fusion.helper.aiohttp import DEFAULT_BODY_TIMEOUT, IPNetwork
-from fusion.helper.config import ConfigError, resolve_env_refs
+from fusion.helper.config import ConfigError, did_you_mean, resolve_env_refs
 from fusion.server.auth.config import FusionAuthAPIConfig
 from fusion.server.case.config import FusionCaseAPIConfig
 from fusion.server.constant.config import FusionConstantAPIConfig
@@ -140,8 +140,38 @@ def _lookup(data: Any, path: str) -> tuple[bool, Any]:
     return True, current
 
 
-def _describe(exc: msgspec.ValidationError, data: Any, source: str) -> str:
-    """Rewrite msgspec's ``<reason> - at `$.a.b`` as ``<source>: a.b: <reason> (got <value>)``."""
+def _struct_types_at(config_type: type, path: str) -> list[msgspec.inspect.StructType]:
+    """The Structs that may sit at ``path`` (several below a union) of ``config_type``."""
+    from msgspec import inspect
+
+    def members(infos: list[inspect.Type]) -> list[inspect.Type]:
+        flat: list[inspect.Type] = []
+        for info in infos:
+            flat.extend(info.types if isinstance(info, inspect.UnionType) else [info])
+        return flat
+
+    current: list[inspect.Type] = [inspect.type_info(config_type)]
+    for name, index in _SEGMENT_RE.findall(path):
+        found: list[inspect.Type] = []
+        for info in members(current):
+            if index and isinstance(info, inspect.ListType | inspect.SetType):
+                found.append(info.item_type)
+            elif name and isinstance(info, inspect.StructType):
+                found.extend(field.type for field in info.fields if field.encode_name == name)
+            elif name and isinstance(info, inspect.DictType):
+                found.append(info.value_type)
+        current = found
+    return [info for info in members(current) if isinstance(info, inspect.StructType)]
+
+
+def _describe(
+    exc: msgspec.ValidationError, data: Any, source: str, config_type: type = FusionServerConfig
+) -> str:
+    """Rewrite msgspec's ``<reason> - at `$.a.b`` as ``<source>: a.b: <reason> (value <value>)``.
+
+    The one formatter of configuration errors: msgspec's own, and the
+    ``<key>: <reason>`` messages of the Structs' ``__post_init__`` checks.
+    """
     text = str(exc)
     paths = _PATH_RE.findall(text)
     reason = _PATH_RE.sub("", text).strip()
@@ -149,18 +179,32 @@ def _describe(exc: msgspec.ValidationError, data: Any, source: str) -> str:
     path = "".join(reversed(paths))
     unknown = re.match(r"Object contains unknown field `([^`]*)`", reason)
     if unknown:
-        return f"{source}: unknown key {(path + '.' + unknown.group(1)).lstrip('.')!r}"
-    # A section's own check may name a key below it ("backend.type: ...").
-    nested = re.match(r"unknown key '([^']*)'$", reason)
-    if nested:
-        return f"{source}: unknown key {(path + '.' + nested.group(1)).lstrip('.')!r}"
+        name = unknown.group(1)
+        known = [
+            field.encode_name
+            for struct in _struct_types_at(config_type, path)
+            for field in struct.fields
+        ]
+        shown = (path + "." + name).lstrip(".")
+        return f"{source}: unknown key {shown!r}{did_you_mean(name, known)}"
+    # A Struct's own check may name a key below it ("tls.fingerprint: ...").
     nested = re.match(r"([A-Za-z_][\w.\[\]]*): (.*)$", reason)
     if nested:
         path = f"{path}.{nested.group(1)}"
         reason = nested.group(2)
+    found, value = _lookup(data, path)
+    parent, _, last = path.rpartition(".")
+    tags = [
+        str(struct.tag)
+        for struct in _struct_types_at(config_type, parent)
+        if struct.tag_field == last and struct.tag is not None
+    ]
+    if tags and reason.startswith("Invalid value"):
+        # The tag of a tagged union (a backend's ``type``).
+        kind = parent.rpartition(".")[2] or "the"
+        return f"{source}: {path.lstrip('.')}: unknown {kind} type {value!r} ({', '.join(tags)})"
     key = path.lstrip(".") or "(top level)"
     message = f"{source}: {key}: {reason}"
-    found, value = _lookup(data, path)
     if found and not isinstance(value, dict | list):
         shown = repr(value)
         if len(shown) > 80:
@@ -189,7 +233,7 @@ def decode_config(
         # Not strict: values from environment references are strings ("8080").
         return msgspec.convert(data, config_type, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_describe(exc, data, source)) from None
+        raise ConfigError(_describe(exc, data, source, config_type)) from None
 
 
 def _parse_file(path: Path) -> Any:

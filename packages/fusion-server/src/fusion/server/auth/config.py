@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 
 from fusion.server.auth.backend import FusionAuthBackendConfig
+from fusion.server.auth.basic import BasicBackendConfig
+from fusion.server.auth.ldap import LDAPBackendConfig
+from fusion.server.auth.oidc import OIDCBackendConfig
 
 __all__ = [
     "APIKeyConfig",
+    "AuthBackendConfig",
     "FederationConfig",
     "FusionAuthAPIConfig",
     "SessionConfig",
@@ -103,14 +107,34 @@ class ThrottleConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_failures_per_ip: PositiveInt = 20
 
 
-class FusionAuthAPIConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True):
+# The backends every server knows. A service with a backend of its own widens
+# the union in a subclass (see FusionAuthAPIConfig).
+AuthBackendConfig = BasicBackendConfig | LDAPBackendConfig | OIDCBackendConfig
+if TYPE_CHECKING:
+    # Typed as the base class, so a subclass may widen the union (msgspec
+    # decodes with the real union below).
+    _Backend = FusionAuthBackendConfig
+else:
+    _Backend = AuthBackendConfig
+
+
+class FusionAuthAPIConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The ``auth`` section.
 
-    ``backend`` is a mapping with a ``type`` (``basic``, ``ldap``, ``oidc``, or
-    a service's own backend type) decoded into that backend's config Struct.
+    ``backend`` is a tagged union on ``type`` (``basic``, ``ldap``, ``oidc``):
+    msgspec decodes it into that backend's config Struct. A service with its
+    own backend type subclasses this Struct and widens the union::
+
+        class TokenBackendConfig(FusionAuthBackendConfig, tag="token"): ...
+
+        class MyAuthConfig(FusionAuthAPIConfig):
+            backend: AuthBackendConfig | TokenBackendConfig | None = None
+
+        class MyServerConfig(FusionServerConfig):
+            auth: MyAuthConfig | None = None
     """
 
-    backend: dict[str, Any] | None = None
+    backend: _Backend | None = None
     session: SessionConfig = msgspec.field(default_factory=SessionConfig)
     api_keys: list[APIKeyConfig] = msgspec.field(default_factory=list)
     federation: FederationConfig | None = None
@@ -119,7 +143,6 @@ class FusionAuthAPIConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     throttle: ThrottleConfig = msgspec.field(default_factory=ThrottleConfig)
 
     def __post_init__(self) -> None:
-        self.__dict__["backend_config"] = _decode_backend(self.backend)
         digests = [api_key.digest for api_key in self.api_keys]
         if self.federation is not None:
             digests.append(self.federation.digest)
@@ -128,34 +151,6 @@ class FusionAuthAPIConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
 
     @property
     def backend_config(self) -> FusionAuthBackendConfig | None:
-        """The decoded backend configuration (None: no login backend, 501 on login)."""
-        config: FusionAuthBackendConfig | None = self.__dict__["backend_config"]
-        return config
-
-
-def _decode_backend(raw: dict[str, Any] | None) -> FusionAuthBackendConfig | None:
-    if raw is None:
-        return None
-    type_ = raw.get("type")
-    if not isinstance(type_, str):
-        raise ValueError("backend: missing `type` (basic, ldap, oidc, ...)")
-    config_type = FusionAuthBackendConfig.for_type(type_)
-    if config_type is None:
-        raise ValueError(f"backend.type: unknown backend type {type_!r}")
-    try:
-        return msgspec.convert(raw, config_type, strict=False)
-    except msgspec.ValidationError as exc:
-        # "<reason> - at `$.users[0]`" -> "backend.users[0]: <reason>"
-        text = str(exc)
-        match = re.search(r"\s*-\s*at\s*`\$([^`]*)`$", text)
-        if match:
-            reason = text[: match.start()]
-            key = "backend" + match.group(1)
-            unknown = re.match(r"Object contains unknown field `([^`]*)`", reason)
-            if unknown:
-                raise ValueError(f"unknown key {key + '.' + unknown.group(1)!r}") from None
-            raise ValueError(f"{key}: {reason}") from None
-        unknown = re.match(r"Object contains unknown field `([^`]*)`", text)
-        if unknown:
-            raise ValueError(f"unknown key 'backend.{unknown.group(1)}'") from None
-        raise ValueError(f"backend: {text}") from None
+        """``backend`` (None: no login backend, 501 on login); kept for callers of
+        the time it was decoded by hand."""
+        return self.backend

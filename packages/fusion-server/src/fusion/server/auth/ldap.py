@@ -14,6 +14,7 @@ from typing import Any, Literal
 import msgspec
 
 from fusion.concept import AuthInfo, Identity
+from fusion.helper.config import ConfigError, TLSConfig
 from fusion.server.auth.backend import (
     BackendUnavailableError,
     FusionAuthBackend,
@@ -45,10 +46,14 @@ class LDAPBackendConfig(FusionAuthBackendConfig, tag="ldap", kw_only=True):
     """``ldap://host:port`` or ``ldaps://host:port`` (no trailing slash)."""
     start_tls: bool = False
     """Upgrade an ``ldap://`` connection with StartTLS before any bind."""
+    tls: TLSConfig = msgspec.field(default_factory=TLSConfig)
+    """How the directory's certificate is checked (ldaps:// and StartTLS): the
+    shared TLS shape (``verify``, ``ca_file``, ``ca_path``, ``ca_data``,
+    ``cert_file``/``key_file``); ``fingerprint`` is not supported here."""
     ca_file: str | None = None
-    """PEM CA bundle to verify the directory's certificate (system CAs otherwise)."""
-    tls_verify: Literal["required", "optional", "none"] = "required"
-    """Certificate validation (ssl.CERT_REQUIRED by default)."""
+    """Earlier spelling of ``tls.ca_file`` (folded into ``tls``)."""
+    tls_verify: Literal["required", "optional", "none"] | None = None
+    """Earlier spelling of ``tls.verify`` (none: false; required, optional: true)."""
     connect_timeout: float = 5.0
     receive_timeout: float = 10.0
     """Wait for one answer of the directory at most this long (rounded up to whole seconds)."""
@@ -85,6 +90,16 @@ class LDAPBackendConfig(FusionAuthBackendConfig, tag="ldap", kw_only=True):
 
     def __post_init__(self) -> None:
         # Raised at decode time, so the config loader names the bad key.
+        if self.ca_file is not None or self.tls_verify is not None:
+            if self.tls != TLSConfig():
+                raise ValueError(
+                    "ca_file and tls_verify are the old spelling of tls: give only tls"
+                )
+            verify = self.tls_verify != "none"
+            self.tls = TLSConfig(verify=verify, ca_file=self.ca_file if verify else None)
+            self.ca_file = self.tls_verify = None
+        if self.tls.fingerprint is not None:
+            raise ValueError("tls.fingerprint: not supported by the ldap backend, use tls.ca_file")
         if not self.url.startswith(("ldap://", "ldaps://")) or self.url.endswith("/"):
             raise ValueError("url must be ldap://host[:port] or ldaps://host[:port], no path")
         if self.start_tls and self.url.startswith("ldaps://"):
@@ -140,11 +155,6 @@ def _check_filter_template(template: str, name: str, **values: str) -> None:
 
 
 _SCOPES = {"subtree": "SUBTREE", "level": "LEVEL", "base": "BASE"}
-_TLS_VALIDATION = {
-    "required": ssl.CERT_REQUIRED,
-    "optional": ssl.CERT_OPTIONAL,
-    "none": ssl.CERT_NONE,
-}
 
 
 class LDAPBackend(FusionAuthBackend):
@@ -184,20 +194,14 @@ class LDAPBackend(FusionAuthBackend):
         # one failure and a shared Server would refuse it after the directory
         # is back.
         import ldap3
-        from ldap3.core.exceptions import LDAPSSLConfigurationError
 
         config = self.config
         tls = None
         if config.start_tls or config.url.startswith("ldaps://"):
             try:
-                tls = _stdlib_tls_class()(
-                    validate=_TLS_VALIDATION[config.tls_verify],
-                    ca_certs_file=config.ca_file,
-                )
-            except LDAPSSLConfigurationError as error:
-                raise BackendUnavailableError(
-                    f"LDAP TLS settings refused (ca_file {config.ca_file!r}): {error}"
-                ) from None
+                tls = _stdlib_tls_class()(config.tls.ssl_context("tls"))
+            except ConfigError as error:
+                raise BackendUnavailableError(f"LDAP TLS settings refused: {error}") from None
         return ldap3.Server(
             config.url,
             use_ssl=config.url.startswith("ldaps://"),
@@ -382,19 +386,18 @@ def _stdlib_tls_class() -> type[Any]:
     with a fallback that ignores IP addresses in the certificate on Python
     3.12+ (``ssl.match_hostname`` is gone): ``ldaps://10.0.0.5`` then fails with
     a valid certificate. Here the handshake verifies the chain and the name
-    (DNS or IP), as every other TLS client of Fusion does.
+    (DNS or IP), as every other TLS client of Fusion does, with the context
+    :meth:`TLSConfig.ssl_context` built from the backend's ``tls`` settings.
     """
     import ldap3
 
     class StdlibTls(ldap3.Tls):  # type: ignore[misc]
+        def __init__(self, context: ssl.SSLContext) -> None:
+            super().__init__()
+            self.context = context
+
         def wrap_socket(self, connection: Any, do_handshake: bool = False) -> None:
-            context = ssl.create_default_context(
-                cafile=self.ca_certs_file, capath=self.ca_certs_path, cadata=self.ca_certs_data
-            )
-            if self.validate == ssl.CERT_NONE:
-                context.check_hostname = False
-            context.verify_mode = self.validate
-            connection.socket = context.wrap_socket(
+            connection.socket = self.context.wrap_socket(
                 connection.socket,
                 server_side=False,
                 do_handshake_on_connect=do_handshake,

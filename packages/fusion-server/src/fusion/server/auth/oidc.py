@@ -6,7 +6,6 @@ import asyncio
 import base64
 import hashlib
 import logging
-import ssl
 import time
 from collections import OrderedDict
 from typing import Any, Literal, NamedTuple
@@ -17,6 +16,7 @@ import jwt
 import msgspec
 
 from fusion.concept import AuthInfo, Identity
+from fusion.helper.config import TLSConfig
 from fusion.server.auth.backend import (
     BackendUnavailableError,
     BearerGrant,
@@ -69,9 +69,14 @@ class OIDCBackendConfig(FusionAuthBackendConfig, tag="oidc", kw_only=True):
     """When not empty, only members of one of these groups may log in."""
     timeout: float = 10.0
     """HTTP timeout towards the provider (seconds)."""
+    tls: TLSConfig = msgspec.field(default_factory=TLSConfig)
+    """How the provider's certificate is checked: the shared TLS shape
+    (``verify``, ``ca_file``, ``ca_path``, ``ca_data``, ``fingerprint``,
+    ``cert_file``/``key_file``)."""
     ca_file: str | None = None
-    """PEM CA bundle to verify the provider (system CAs otherwise)."""
-    tls_verify: bool = True
+    """Earlier spelling of ``tls.ca_file`` (folded into ``tls``)."""
+    tls_verify: bool | None = None
+    """Earlier spelling of ``tls.verify`` (folded into ``tls``)."""
     jwks_cache_ttl: float = 3600.0
     """Keys are refetched after this long even without an unknown ``kid``."""
     jwks_min_refetch_interval: float = 10.0
@@ -82,6 +87,14 @@ class OIDCBackendConfig(FusionAuthBackendConfig, tag="oidc", kw_only=True):
 
     def __post_init__(self) -> None:
         # Raised at decode time, so the config loader names the bad key.
+        if self.ca_file is not None or self.tls_verify is not None:
+            if self.tls != TLSConfig():
+                raise ValueError(
+                    "ca_file and tls_verify are the old spelling of tls: give only tls"
+                )
+            verify = self.tls_verify is not False
+            self.tls = TLSConfig(verify=verify, ca_file=self.ca_file if verify else None)
+            self.ca_file = self.tls_verify = None
         if not self.issuer.startswith(("https://", "http://")):
             raise ValueError("issuer must be an http(s) URL")
         if not self.algorithms:
@@ -187,14 +200,9 @@ class OIDCBackend(FusionAuthBackend):
     def _client_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             config = self.config
-            ssl_option: ssl.SSLContext | bool = True
-            if not config.tls_verify:
-                ssl_option = False
-            elif config.ca_file:
-                ssl_option = ssl.create_default_context(cafile=config.ca_file)
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=config.timeout),
-                connector=aiohttp.TCPConnector(ssl=ssl_option),
+                connector=aiohttp.TCPConnector(ssl=config.tls.aiohttp_ssl("tls")),
                 raise_for_status=False,
             )
         return self._session

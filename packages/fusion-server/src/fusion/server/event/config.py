@@ -6,7 +6,7 @@ from typing import Annotated
 
 import msgspec
 
-from fusion.helper.config import ConfigError, load_ssl_config
+from fusion.helper.config import ConfigError, TLSConfig, tls_config
 
 __all__ = ["FusionEventConfig"]
 
@@ -27,9 +27,11 @@ class FusionEventConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     """Retries after a failed POST (connection error, timeout, 5xx)."""
     webhook_backoff: Annotated[float, msgspec.Meta(ge=0)] = 0.5
     """Seconds before the first retry, doubled at each one."""
-    webhook_ssl: bool | str | dict[str, str] = True
-    """TLS of webhook POSTs: true (system CAs), false (no verification), a SHA-256
-    certificate fingerprint to pin, or ``{cafile|capath|cadata, certfile, keyfile}``."""
+    webhook_ssl: TLSConfig | bool | str = msgspec.field(default_factory=TLSConfig)
+    """TLS of webhook POSTs, a :class:`~fusion.helper.config.TLSConfig` (``{verify,
+    ca_file, ca_path, ca_data, fingerprint, cert_file, key_file, key_password}``);
+    ``true``, ``false`` and a SHA-256 fingerprint string are short forms. Always a
+    TLSConfig once decoded."""
     history: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 256
     """Events kept per case for clients resuming with ``Last-Event-ID``."""
     history_ttl: Annotated[float, msgspec.Meta(gt=0)] = 86400.0
@@ -63,7 +65,8 @@ class FusionEventConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     def __post_init__(self) -> None:
         # Checked when the file is read, so a bad CA path is a configuration error.
         try:
-            load_ssl_config(self.webhook_ssl, "webhook_ssl")
+            self.webhook_ssl = tls_config(self.webhook_ssl, "webhook_ssl")
+            self.webhook_ssl.aiohttp_ssl("webhook_ssl")
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         for index, prefix in enumerate(self.webhook_prefixes):
