@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from fusion.concept import Case, Constant, Priority
-from fusion.helper.aiohttp import FusionHTTPError, get_guid, json_response
+from fusion.helper.http_envelope import FusionHTTPError, json_response
+from fusion.helper.http_request import get_guid
 from fusion.server import AUTH, STORAGE, Action, ConfigError, FusionServer, load_config
 
 

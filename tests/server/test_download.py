@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from fusion.concept import PendingDownloadKey
-from fusion.helper.aiohttp import envelope_middleware
+from fusion.helper.http_envelope import envelope_middleware
 from fusion.helper.store import SharedStore, create_store
 from fusion.server.appkeys import STORE
 from fusion.server.download import (
@@ -178,7 +178,9 @@ async def test_file_swapped_for_a_symlink_after_prepare(
         ('quote"s.txt', 'attachment; filename="quote_s.txt"'),
         ("../../etc/passwd", 'attachment; filename="passwd"'),
         ("a\\b\\c.txt", 'attachment; filename="c.txt"'),
-        ("line\r\nX-Evil: 1", 'attachment; filename="line__X-Evil: 1"'),
+        ("line\r\nX-Evil: 1", 'attachment; filename="line__X-Evil_ 1"'),
+        ("report\u202egnp.exe", 'attachment; filename="reportgnp.exe"'),
+        ("CON", 'attachment; filename="_CON"'),
         ("", 'attachment; filename="download"'),
         (
             "résumé été.pdf",
@@ -215,9 +217,7 @@ async def test_bad_keys_are_404_never_500(
     key = await api.prepare(root / "f", "f")
     guid = str(key.guid)
     bad = [
-        f"/api/download/{guid.upper()}/{key.token}",
-        f"/api/download/{{{guid}}}/{key.token}",
-        f"/api/download/not-a-guid/{key.token}",
+        f"/api/download/{{{guid}}}/{key.token}",  # braces match no route
         f"/api/download/{guid}/short",
         f"/api/download/{guid}/{key.token}%00",
         f"/api/download/{guid}/{'x' * 5000}",
@@ -227,7 +227,15 @@ async def test_bad_keys_are_404_never_500(
     ]
     for url in bad:
         await _expect_404(client, url)
-    # None of the wrong tokens burnt the key for its holder.
+    # A GUID not in its canonical form is refused as on every route (400), key untouched.
+    hexa = guid.replace("-", "")
+    for spelling in (guid.upper(), hexa, f"urn:uuid:{guid}", "not-a-guid", f"{guid}0"):
+        async with client.get(f"/api/download/{spelling}/{key.token}") as response:
+            assert response.status == 400
+            body = await response.json()
+            assert body["status"] == 400
+            assert body["message"].startswith("invalid GUID for guid")
+    # None of the wrong tokens or spellings burnt the key for its holder.
     async with client.get(_url(key)) as response:
         assert response.status == 200
         assert await response.read() == b"data"

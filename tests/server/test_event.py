@@ -15,7 +15,8 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
 from fusion.concept import Case, Event, Identity
-from fusion.helper.aiohttp import FusionHTTPError, SSEEvent, envelope_middleware, iter_sse
+from fusion.helper.http_envelope import FusionHTTPError, envelope_middleware
+from fusion.helper.sse import SSEEvent, iter_sse
 from fusion.helper.store import SharedStore, create_store
 from fusion.server.appkeys import EVENTS, STORE
 from fusion.server.event import FusionEventAPI, FusionEventConfig

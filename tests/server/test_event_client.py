@@ -17,7 +17,7 @@ from fusion.client import FusionClient, FusionClientConfig
 from fusion.client.download import FusionDownloadAPIClient
 from fusion.client.event import FusionEventAPIClient
 from fusion.concept import Case, Identity
-from fusion.helper.aiohttp import FusionHTTPError, envelope_middleware
+from fusion.helper.http_envelope import FusionHTTPError, envelope_middleware
 from fusion.helper.store import SharedStore
 from fusion.server.appkeys import EVENTS, STORE
 from fusion.server.download import DOWNLOADS, FusionDownloadAPI, FusionDownloadConfig

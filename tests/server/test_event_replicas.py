@@ -27,7 +27,8 @@ from fusion_testing.fixtures_server import ServerProcess
 from fusion_testing.redis import RedisServer
 
 from fusion.concept import Case, Event, Identity
-from fusion.helper.aiohttp import envelope_middleware, iter_sse
+from fusion.helper.http_envelope import envelope_middleware
+from fusion.helper.sse import iter_sse
 from fusion.helper.store import create_store
 from fusion.server.appkeys import EVENTS, STORE
 from fusion.server.download import DOWNLOADS, FusionDownloadAPI, FusionDownloadConfig

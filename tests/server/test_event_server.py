@@ -25,7 +25,7 @@ from fusion_testing.fixtures_server import (
 )
 
 from fusion.concept import Event
-from fusion.helper.aiohttp import iter_sse
+from fusion.helper.sse import iter_sse
 from fusion.server.app import FusionServer
 from fusion.server.event import FusionEventAPI
 

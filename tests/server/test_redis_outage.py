@@ -33,7 +33,7 @@ from fusion_testing.fixtures_server import (
 from fusion_testing.redis import RedisServer
 
 from fusion.concept import Event
-from fusion.helper.aiohttp import iter_sse
+from fusion.helper.sse import iter_sse
 
 pytestmark = pytest.mark.redis
 

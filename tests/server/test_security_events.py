@@ -35,8 +35,8 @@ from fusion_testing.fixtures_server import (
 from fusion_testing.oidc_issuer import OIDCIssuer
 
 from fusion.concept import Case, Event
-from fusion.helper.aiohttp import iter_sse
 from fusion.helper.notifier import case_channel
+from fusion.helper.sse import iter_sse
 from fusion.server.app import FusionServer
 from fusion.server.event import FusionEventAPI
 

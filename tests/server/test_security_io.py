@@ -35,7 +35,7 @@ from fusion_testing.fixtures_server import (
     write_config,
 )
 
-from fusion.helper.aiohttp import json_response
+from fusion.helper.http_envelope import json_response
 from fusion.server.app import FusionServer
 from fusion.server.config import ServerConfig
 from fusion.server.download.api import DOWNLOADS

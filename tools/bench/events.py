@@ -65,7 +65,7 @@ def serve(port: int, store_url: str) -> None:
     from aiohttp import web
 
     from fusion.concept import Case, Identity
-    from fusion.helper.aiohttp import envelope_middleware
+    from fusion.helper.http_envelope import envelope_middleware
     from fusion.helper.store import create_store
     from fusion.server.appkeys import STORE
     from fusion.server.event import FusionEventAPI, FusionEventConfig

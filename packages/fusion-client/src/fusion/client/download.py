@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -13,33 +12,15 @@ from yarl import URL
 from fusion.client.client import FusionClient
 from fusion.client.errors import FusionClientError, FusionConnectionError
 from fusion.concept import PendingDownloadKey
+from fusion.helper.filesystem import safe_filename
 
+# safe_filename is the helper's, named here too: the client exported it first.
 __all__ = ["FusionDownloadAPIClient", "ProgressCallback", "safe_filename"]
 
 ProgressCallback = Callable[[int, int | None], None]
 """Called as ``progress(received_bytes, total_bytes_or_None)`` while a download runs."""
 
 _CHUNK_SIZE = 256 * 1024
-# Characters that are path separators, or invalid in file names on common systems.
-_UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"|?*]')
-_MAX_NAME_BYTES = 255
-
-
-def safe_filename(name: str | None, fallback: str) -> str:
-    """A file name from an untrusted server, safe to create inside a directory.
-
-    Keeps only the last path component (``/`` or ``\\``), drops control and
-    reserved characters and leading dots, and falls back to ``fallback``
-    when nothing usable remains.
-    """
-    if name:
-        name = name.replace("\\", "/").rsplit("/", 1)[-1]
-        name = _UNSAFE.sub("_", name).strip().lstrip(".").strip()
-        while len(name.encode("utf-8")) > _MAX_NAME_BYTES:
-            name = name[:-1]
-    if not name:
-        return fallback
-    return name
 
 
 class FusionDownloadAPIClient:
@@ -78,7 +59,8 @@ class FusionDownloadAPIClient:
         """Stream the file to ``destination`` and return the path written.
 
         When ``destination`` is an existing directory, the file takes the
-        server's Content-Disposition name (sanitised, see :func:`safe_filename`)
+        server's Content-Disposition name (made safe by
+        :func:`~fusion.helper.filesystem.safe_filename`)
         inside it; otherwise ``destination`` is the file path. The data goes
         to a temporary file in the same directory, renamed into place only
         when complete, so a failed download never leaves a partial file.

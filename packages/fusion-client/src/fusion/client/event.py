@@ -81,8 +81,8 @@ class FusionEventAPIClient:
         connection as dropped; ``max_retries`` bounds consecutive failed
         reconnections (``None``: forever).
         """
-        # Lazy: fusion.helper.aiohttp pulls in aiohttp.web, which plain API calls never need.
-        from fusion.helper.aiohttp import iter_sse
+        # Lazy: only a subscription parses an event stream.
+        from fusion.helper.sse import iter_sse
 
         path = f"/api/events/case/{case_guid_str(case_guid)}"
         decoder = json_decoder(Event[case_type])  # type: ignore[valid-type]

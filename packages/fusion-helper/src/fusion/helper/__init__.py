@@ -3,7 +3,7 @@
 Public names are re-exported here, grouped by module, and imported lazily:
 ``import fusion.helper`` stays cheap (a client never pays for zip, locks or
 Redis), ``from fusion.helper import json_response`` loads only
-``fusion.helper.aiohttp``. The modules themselves are the reference.
+``fusion.helper.http_envelope``. The modules themselves are the reference.
 """
 
 from __future__ import annotations
@@ -14,25 +14,6 @@ from typing import TYPE_CHECKING, Any
 from fusion.helper.__about__ import __version__
 
 if TYPE_CHECKING:
-    from fusion.helper.aiohttp import (
-        SSE_KEEPALIVE,
-        FusionHTTPError,
-        IPNetwork,
-        SSEEvent,
-        UploadedFile,
-        client_ip,
-        content_disposition,
-        envelope_middleware,
-        error_response,
-        format_sse,
-        get_guid,
-        iter_sse,
-        json_response,
-        read_concept,
-        read_json,
-        stream_multipart_to_file,
-        stream_response,
-    )
     from fusion.helper.config import (
         ConfigError,
         TLSConfig,
@@ -56,10 +37,32 @@ if TYPE_CHECKING:
         disk_usage,
         fsync_directory,
         iter_guid_items,
+        safe_filename,
         safe_join,
     )
     from fusion.helper.flock import (
         FileLock,
+    )
+    from fusion.helper.http_envelope import (
+        ErrorStatus,
+        FusionHTTPError,
+        envelope_middleware,
+        error_response,
+        json_response,
+        map_error,
+    )
+    from fusion.helper.http_request import (
+        IPNetwork,
+        UploadedFile,
+        client_ip,
+        get_guid,
+        read_concept,
+        read_json,
+        stream_multipart_to_file,
+    )
+    from fusion.helper.http_response import (
+        content_disposition,
+        stream_response,
     )
     from fusion.helper.logging import (
         FusionLogHandler,
@@ -87,6 +90,12 @@ if TYPE_CHECKING:
         dumps,
         loads,
         to_builtins,
+    )
+    from fusion.helper.sse import (
+        SSE_KEEPALIVE,
+        SSEEvent,
+        format_sse,
+        iter_sse,
     )
     from fusion.helper.store import (
         GetBatcher,
@@ -130,23 +139,6 @@ if TYPE_CHECKING:
     )
 
 _EXPORTS: dict[str, str] = {
-    "SSE_KEEPALIVE": "aiohttp",
-    "FusionHTTPError": "aiohttp",
-    "IPNetwork": "aiohttp",
-    "SSEEvent": "aiohttp",
-    "UploadedFile": "aiohttp",
-    "client_ip": "aiohttp",
-    "content_disposition": "aiohttp",
-    "envelope_middleware": "aiohttp",
-    "error_response": "aiohttp",
-    "format_sse": "aiohttp",
-    "get_guid": "aiohttp",
-    "iter_sse": "aiohttp",
-    "json_response": "aiohttp",
-    "read_concept": "aiohttp",
-    "read_json": "aiohttp",
-    "stream_multipart_to_file": "aiohttp",
-    "stream_response": "aiohttp",
     "ConfigError": "config",
     "TLSConfig": "config",
     "did_you_mean": "config",
@@ -166,8 +158,24 @@ _EXPORTS: dict[str, str] = {
     "fsync_directory": "filesystem",
     "iter_guid_items": "filesystem",
     "safe_join": "filesystem",
+    "safe_filename": "filesystem",
     "FileLock": "flock",
     "FusionLogHandler": "logging",
+    "FusionHTTPError": "http_envelope",
+    "envelope_middleware": "http_envelope",
+    "error_response": "http_envelope",
+    "json_response": "http_envelope",
+    "ErrorStatus": "http_envelope",
+    "map_error": "http_envelope",
+    "IPNetwork": "http_request",
+    "UploadedFile": "http_request",
+    "client_ip": "http_request",
+    "get_guid": "http_request",
+    "read_concept": "http_request",
+    "read_json": "http_request",
+    "stream_multipart_to_file": "http_request",
+    "content_disposition": "http_response",
+    "stream_response": "http_response",
     "JsonFormatter": "logging",
     "TextFormatter": "logging",
     "escape_text": "logging",
@@ -186,6 +194,10 @@ _EXPORTS: dict[str, str] = {
     "dumps": "serializing",
     "loads": "serializing",
     "to_builtins": "serializing",
+    "SSE_KEEPALIVE": "sse",
+    "SSEEvent": "sse",
+    "format_sse": "sse",
+    "iter_sse": "sse",
     "GetBatcher": "store",
     "SharedStore": "store",
     "StoreMessage": "store",
@@ -232,6 +244,7 @@ __all__ = [
     "ConfigError",
     "DiskUsage",
     "Dumpable",
+    "ErrorStatus",
     "FileLock",
     "FusionAccessLogger",
     "FusionHTTPError",
@@ -286,12 +299,14 @@ __all__ = [
     "json_response",
     "load_ssl_config",
     "loads",
+    "map_error",
     "message_id_key",
     "read_concept",
     "read_json",
     "redact_download_tokens",
     "resolve_env_refs",
     "run",
+    "safe_filename",
     "safe_join",
     "setup_logging",
     "stream_multipart_to_file",

@@ -1,4 +1,4 @@
-"""Filesystem helpers: GUID-named items, disk usage, atomic writes, safe paths."""
+"""Filesystem helpers: GUID-named items, disk usage, atomic writes, safe paths and names."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import shutil
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -22,6 +23,7 @@ __all__ = [
     "disk_usage",
     "fsync_directory",
     "iter_guid_items",
+    "safe_filename",
     "safe_join",
 ]
 
@@ -31,7 +33,10 @@ _GUID_NAME = re.compile(
 
 
 class UnsafePathError(ValueError):
-    """A path would leave its root directory (``..``, absolute, symlink, NUL)."""
+    """A path would leave its root (``..``, absolute, symlink, NUL), or a name is unusable.
+
+    Its message names the offending part, never the root: the envelope shows it (400).
+    """
 
 
 class DiskUsage(NamedTuple):
@@ -162,5 +167,74 @@ def safe_join(root: Path | str, *parts: str) -> Path:
         candidate = candidate / relative
     resolved = candidate.resolve()
     if not resolved.is_relative_to(base):
-        raise UnsafePathError(f"path {'/'.join(parts)!r} leaves {base}")
+        raise UnsafePathError(f"path {'/'.join(parts)!r} leaves its directory")
     return resolved
+
+
+_MAX_NAME_BYTES = 255
+_MAX_EXTENSION = 16
+# Invalid in file names on common systems, or special in a Content-Disposition header.
+_RESERVED = frozenset('<>:"|?*;')
+# Replaced: control characters (C0, DEL, C1), line and paragraph separators.
+_BREAKING_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+# Removed: format characters (bidi overrides and isolates, zero-width marks) and lone
+# surrogates: U+202E makes "report\u202egnp.exe" display as "report.exe.png".
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Cs"})
+_EDGES = re.compile(r"^[\s.]+|[\s.]+$")
+_WINDOWS_DEVICE = re.compile(
+    r"(con|prn|aux|nul|conin\$|conout\$|(com|lpt)[0-9\u00b9\u00b2\u00b3])(\..*)?", re.I
+)
+
+
+def _clean_char(char: str) -> str:
+    category = unicodedata.category(char)
+    if category in _INVISIBLE_CATEGORIES:
+        return ""
+    if category in _BREAKING_CATEGORIES or char in _RESERVED:
+        return "_"
+    return char
+
+
+def _truncate(name: str) -> str:
+    if len(name.encode()) <= _MAX_NAME_BYTES:
+        return name
+    stem, dot, extension = name.rpartition(".")
+    if not dot or not stem or len(extension) > _MAX_EXTENSION:
+        stem, extension = name, ""
+    else:
+        extension = "." + extension
+    room = _MAX_NAME_BYTES - len(extension.encode())
+    # Cut on bytes, dropping a character split in half.
+    stem = stem.encode()[:room].decode(errors="ignore")
+    return _EDGES.sub("", stem) + extension
+
+
+def safe_filename(name: str | None, fallback: str | None = None) -> str:
+    """A file name made from an untrusted claim, safe to create in a directory and to show.
+
+    The one rule set of every name Fusion did not choose (an upload's client name,
+    a download's ``Content-Disposition``, the name a client saves a download under):
+
+    - only the last path component is kept (``/`` and ``\\`` both separate);
+    - NFC-normalised; control characters (C0, DEL, C1), line and paragraph
+      separators and ``< > : " | ? * ;`` become ``_``;
+    - format characters (bidi controls, zero-width marks) and lone surrogates are removed;
+    - leading and trailing dots and white space are stripped: no hidden file,
+      no ``.`` or ``..``;
+    - a Windows device name (``CON``, ``nul.txt``, ``COM1``) gets a ``_`` prefix;
+    - at most 255 UTF-8 bytes, cut in the stem so that a short extension stays.
+
+    When nothing usable is left: ``fallback``, or :class:`UnsafePathError` without one.
+    """
+    cleaned = ""
+    if name:
+        last = name.replace("\\", "/").rsplit("/", 1)[-1]
+        cleaned = "".join(_clean_char(char) for char in unicodedata.normalize("NFC", last))
+        cleaned = _truncate(_EDGES.sub("", cleaned))
+        if _WINDOWS_DEVICE.fullmatch(cleaned):
+            cleaned = _truncate("_" + cleaned)
+    if cleaned:
+        return cleaned
+    if fallback is None:
+        raise UnsafePathError(f"unusable file name {name!r}")
+    return fallback

@@ -24,7 +24,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from fusion.concept import Case, Constant
-from fusion.helper.aiohttp import BODY_TIMEOUT, IPNetwork, envelope_middleware
+from fusion.helper.http_envelope import envelope_middleware
+from fusion.helper.http_request import BODY_TIMEOUT, IPNetwork
 from fusion.helper.pubsub import FusionPubSub
 from fusion.helper.store import SharedStore, StoreUnavailableError, create_store
 from fusion.helper.tracing import FusionAccessLogger

@@ -18,12 +18,14 @@ if TYPE_CHECKING:
     from fusion.server.auth.api import FusionAuthAPI
     from fusion.server.config import FusionServerConfig
     from fusion.server.constant.api import FusionConstantAPI
+    from fusion.server.download.api import FusionDownloadAPI
     from fusion.server.storage import FusionStorage
 
 __all__ = [
     "AUTH",
     "CONFIG",
     "CONSTANT",
+    "DOWNLOADS",
     "EVENTS",
     "PUBSUB",
     "STORAGE",
@@ -46,3 +48,4 @@ STORAGE: web.AppKey[FusionStorage[Any]] = web.AppKey("fusion_storage")
 AUTH: web.AppKey[FusionAuthAPI] = web.AppKey("fusion_auth")
 CONSTANT: web.AppKey[FusionConstantAPI[Any]] = web.AppKey("fusion_constant")
 EVENTS: web.AppKey[CaseEventSink] = web.AppKey("fusion_events")
+DOWNLOADS: web.AppKey[FusionDownloadAPI] = web.AppKey("fusion_downloads")

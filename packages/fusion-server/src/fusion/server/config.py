@@ -15,8 +15,8 @@ from typing import Annotated, Any, TypeVar, overload
 
 import msgspec
 
-from fusion.helper.aiohttp import DEFAULT_BODY_TIMEOUT, IPNetwork
 from fusion.helper.config import ConfigError, did_you_mean, resolve_env_refs
+from fusion.helper.http_request import DEFAULT_BODY_TIMEOUT, IPNetwork
 from fusion.server.auth.config import FusionAuthAPIConfig
 from fusion.server.case.config import FusionCaseAPIConfig
 from fusion.server.constant.config import FusionConstantAPIConfig

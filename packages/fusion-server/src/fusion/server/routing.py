@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from aiohttp import HttpVersion11, web
 
-from fusion.helper.aiohttp import error_response
+from fusion.helper.http_envelope import error_response
 
 __all__ = ["expect_handler", "with_expect_handler"]
 

@@ -12,13 +12,8 @@ from typing import Any
 from aiohttp import web
 
 from fusion.concept import Case, Identity
-from fusion.helper.aiohttp import (
-    FusionHTTPError,
-    IPNetwork,
-    client_ip,
-    json_response,
-    read_json,
-)
+from fusion.helper.http_envelope import FusionHTTPError, json_response
+from fusion.helper.http_request import IPNetwork, client_ip, read_json
 from fusion.helper.store import SharedStore, StoreUnavailableError
 from fusion.helper.tracing import AUDIT_LOGGER, trace_user_op
 from fusion.server._lifecycle import started

@@ -13,7 +13,8 @@ from uuid import UUID
 from aiohttp import web
 
 from fusion.concept import Case, ConceptError, Identity
-from fusion.helper.aiohttp import FusionHTTPError, get_guid, json_response, read_concept, read_json
+from fusion.helper.http_envelope import FusionHTTPError, json_response
+from fusion.helper.http_request import get_guid, read_concept, read_json
 from fusion.server._lifecycle import started
 from fusion.server.appkeys import AUTH, CONSTANT, EVENTS, STORAGE, CaseEventSink
 from fusion.server.auth.access import Action

@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 from aiohttp import web
 
 from fusion.concept import ConceptError, Constant
-from fusion.helper.aiohttp import FusionHTTPError, json_response
+from fusion.helper.http_envelope import FusionHTTPError, json_response
 from fusion.server.appkeys import AUTH, CONSTANT
 from fusion.server.constant.config import FusionConstantAPIConfig
 from fusion.server.routing import expect_handler

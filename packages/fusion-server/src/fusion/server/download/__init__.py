@@ -2,6 +2,7 @@
 
 from fusion.server.download.api import (
     DOWNLOADS,
+    DownloadError,
     DownloadRootError,
     FusionDownloadAPI,
     TooManyPendingDownloadsError,
@@ -10,6 +11,7 @@ from fusion.server.download.config import FusionDownloadConfig
 
 __all__ = [
     "DOWNLOADS",
+    "DownloadError",
     "DownloadRootError",
     "FusionDownloadAPI",
     "FusionDownloadConfig",

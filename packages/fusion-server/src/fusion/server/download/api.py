@@ -8,21 +8,24 @@ import logging
 import re
 import secrets
 from pathlib import Path
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import msgspec
 from aiohttp import web
 
 from fusion.concept import PendingDownloadKey
-from fusion.helper.aiohttp import FusionHTTPError, error_response, stream_response
-from fusion.helper.store import SharedStore, StoreUnavailableError
+from fusion.helper.http_envelope import error_response, map_error
+from fusion.helper.http_request import get_guid
+from fusion.helper.http_response import stream_response
+from fusion.helper.store import SharedStore
 from fusion.helper.streaming import iter_file
-from fusion.server.appkeys import STORE
+from fusion.server.appkeys import DOWNLOADS, STORE
 from fusion.server.download.config import FusionDownloadConfig
 from fusion.server.routing import expect_handler
 
 __all__ = [
     "DOWNLOADS",
+    "DownloadError",
     "DownloadRootError",
     "FusionDownloadAPI",
     "TooManyPendingDownloadsError",
@@ -33,32 +36,27 @@ _LOGGER = logging.getLogger(__name__)
 _KEY_PREFIX = "download:key:"
 _PENDING_SET = "download:pending"
 _TOKEN_BYTES = 32
-# Canonical GUIDs only: the route must not accept braces, upper case or URNs
-# that UUID() would happily parse, so a key has exactly one spelling.
-_GUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{22,128}$")
 
 
-class DownloadRootError(FusionHTTPError, ValueError):
+class DownloadError(Exception):
+    """A download cannot be prepared; the API's ``setup`` maps each kind to its answer."""
+
+
+class DownloadRootError(DownloadError, ValueError):
     """The file is not a regular file under one of the configured download roots.
 
-    Uncaught in a handler, the envelope middleware answers 404 (which names no path).
+    Its message names the path, for the log; uncaught in a handler, it is
+    answered 404 "file not found" (which names no path).
     """
 
-    def __init__(self, message: str) -> None:
-        super().__init__(404, "file not found")
-        self.args = (message,)
-        self.detail = message
 
-    def __str__(self) -> str:
-        return self.detail
-
-
-class TooManyPendingDownloadsError(FusionHTTPError, RuntimeError):
-    """The cap of pending download keys is reached: answered 503 with Retry-After."""
+class TooManyPendingDownloadsError(DownloadError, RuntimeError):
+    """The cap of pending download keys is reached: answered 503 with ``Retry-After``."""
 
     def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(503, message, headers={"Retry-After": str(max(1, round(retry_after)))})
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class _PendingDownload(msgspec.Struct, kw_only=True):
@@ -92,6 +90,8 @@ class FusionDownloadAPI:
     def setup(self, app: web.Application) -> None:
         """Add the route; the store comes from ``app[STORE]`` unless given."""
         app[DOWNLOADS] = self
+        map_error(app, DownloadRootError, 404, "file not found")
+        map_error(app, TooManyPendingDownloadsError, 503)
         # No HEAD: it would use up the single-use key without delivering the file.
         app.router.add_get(
             "/api/download/{guid}/{token}",
@@ -167,14 +167,12 @@ class FusionDownloadAPI:
 
     # -- route -----------------------------------------------------------------
     async def _handle_download(self, request: web.Request) -> web.StreamResponse:
-        guid = request.match_info["guid"]
+        guid = str(get_guid(request, "guid"))
         token = request.match_info["token"]
-        if not _GUID_RE.match(guid) or not _TOKEN_RE.match(token):
+        if not _TOKEN_RE.match(token):
             return error_response(404, "download not found")
-        try:
-            pending = await self._take(str(UUID(guid)), token)
-        except StoreUnavailableError:
-            return error_response(503, "shared store unavailable")
+        # A store outage propagates: the envelope answers 503.
+        pending = await self._take(guid, token)
         if pending is None:
             return error_response(404, "download not found, already used or expired")
         try:
@@ -188,6 +186,3 @@ class FusionDownloadAPI:
             iter_file(resolved, chunk_size=self.config.chunk_size),
             pending.filename,
         )
-
-
-DOWNLOADS: web.AppKey[FusionDownloadAPI] = web.AppKey("fusion_downloads", FusionDownloadAPI)

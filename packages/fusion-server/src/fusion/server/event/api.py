@@ -14,10 +14,12 @@ import msgspec
 from aiohttp import web
 
 from fusion.concept import Case, Event, Identity
-from fusion.helper.aiohttp import SSE_KEEPALIVE, FusionHTTPError, format_sse, get_guid
 from fusion.helper.config import load_ssl_config
+from fusion.helper.http_envelope import FusionHTTPError
+from fusion.helper.http_request import get_guid
 from fusion.helper.notifier import FusionNotifier, case_channel
 from fusion.helper.pubsub import FusionPubSub, Subscription
+from fusion.helper.sse import SSE_KEEPALIVE, format_sse
 from fusion.helper.store import SharedStore, StoreMessage, StoreUnavailableError, message_id_key
 from fusion.server._lifecycle import started
 from fusion.server.appkeys import AUTH, EVENTS, PUBSUB, STORAGE, STORE

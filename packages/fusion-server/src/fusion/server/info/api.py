@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from fusion.concept import Info
-from fusion.helper.aiohttp import json_response
+from fusion.helper.http_envelope import json_response
 from fusion.server.appkeys import AUTH
 from fusion.server.info.config import FusionInfoAPIConfig
 from fusion.server.routing import expect_handler
