@@ -175,7 +175,10 @@ async def test_attach_moves_the_case_for_the_federation_only(callers: Callers) -
     )
     assert (status, envelope["message"]) == (400, f"case {next_guid} already exists")
     status, envelope = await call(callers["hub"], "PUT", f"/api/case/{other.guid}/attach/nope")
-    assert (status, envelope["message"]) == (400, "invalid GUID for next_case_guid")
+    assert (status, envelope["message"]) == (
+        400,
+        "invalid GUID for next_case_guid: expected lower-case 8-4-4-4-12 hex",
+    )
 
 
 # -- the access matrix ----------------------------------------------------------------
@@ -265,7 +268,8 @@ async def test_enumerate_filters_by_acl(callers: Callers) -> None:
 async def test_invalid_guid_is_400(callers: Callers, method: str) -> None:
     for bad in ("nope", "1234", "g" * 36):
         status, envelope = await call(callers["alice"], method, f"/api/case/{bad}", json={})
-        assert (status, envelope) == (400, {"status": 400, "message": "invalid GUID for case_guid"})
+        message = "invalid GUID for case_guid: expected lower-case 8-4-4-4-12 hex"
+        assert (status, envelope) == (400, {"status": 400, "message": message})
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])

@@ -253,7 +253,9 @@ async def test_sigterm_right_after_requests_loses_no_line(tmp_path: Path, log_fo
     robot = {"X-Fusion-API-Token": ROBOT_KEY, "X-Request-ID": "bench-42"}
     reads = 300
     try:
-        async with aiohttp.ClientSession(process.url) as session:
+        # Fewer connections than server.max_connections_per_address (64).
+        connector = aiohttp.TCPConnector(limit=32)
+        async with aiohttp.ClientSession(process.url, connector=connector) as session:
             status_code, body = await call(
                 session, "POST", "/api/case", json={"name": "sig", "acs": ["robots"]}, headers=robot
             )
