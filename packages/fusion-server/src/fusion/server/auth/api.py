@@ -330,6 +330,9 @@ class FusionAuthAPI:
         case: Case | None,
         context: dict[str, Any] | None,
     ) -> None:
+        # Every authorized request passes here: nothing is computed for a level off.
+        if not AUDIT_LOGGER.isEnabledFor(logging.INFO):
+            return
         trace_user_op(
             who,
             name,
