@@ -1,4 +1,5 @@
-"""The fusion-client command through its entry points, against the loopback protocol server."""
+"""The fusion-client command against the loopback protocol server: ``main(argv)``
+in-process, and its entry points (console script, ``python -m``, SIGINT) as processes."""
 
 from __future__ import annotations
 
@@ -8,24 +9,21 @@ import shutil
 import signal
 import stat
 import sys
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import pytest
+from fusion_testing.fixtures_cli import CliResult, MainRunner
 from fusion_testing.services import free_port
 
-from fusion.client.cli import session_file
+from fusion.client.cli import main, session_file
 
 if TYPE_CHECKING:
     from tests.client.conftest import RunningServer
 
-
-@dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
+RunCli = Callable[..., Awaitable[CliResult]]
 
 
 def _command() -> list[str]:
@@ -34,27 +32,20 @@ def _command() -> list[str]:
     return [script] if script else [sys.executable, "-m", "fusion.client"]
 
 
-async def run_cli(
-    *args: str, home: Path, stdin: str | None = None, env: dict[str, str] | None = None
-) -> Result:
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("FUSION_")}
-    environment.update({"XDG_CONFIG_HOME": str(home), "HOME": str(home), **(env or {})})
-    process = await asyncio.create_subprocess_exec(
-        *_command(),
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=environment,
-    )
-    out, err = await asyncio.wait_for(
-        process.communicate(stdin.encode() if stdin is not None else None), 30
-    )
-    assert process.returncode is not None
-    return Result(process.returncode, out.decode(), err.decode())
+@pytest.fixture
+def run_cli(run_main: MainRunner) -> RunCli:
+    """``await run_cli(*argv, home=..., stdin=..., env=...)``: ``main(argv)`` in-process."""
+
+    async def run(
+        *args: str, home: Path, stdin: str | None = None, env: dict[str, str] | None = None
+    ) -> CliResult:
+        environment = {"XDG_CONFIG_HOME": str(home), "HOME": str(home), **(env or {})}
+        return await run_main.in_thread(main, *args, stdin=stdin, env=environment)
+
+    return run
 
 
-def assert_clean_error(result: Result, code: int, fragment: str) -> None:
+def assert_clean_error(result: CliResult, code: int, fragment: str) -> None:
     assert result.code == code, result
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -63,7 +54,9 @@ def assert_clean_error(result: Result, code: int, fragment: str) -> None:
     assert fragment in lines[0]
 
 
-async def test_info_table_and_json(protocol_server: RunningServer, tmp_path: Path) -> None:
+async def test_info_table_and_json(
+    protocol_server: RunningServer, run_cli: RunCli, tmp_path: Path
+) -> None:
     result = await run_cli("--url", protocol_server.url, "info", home=tmp_path)
     assert result.code == 0, result
     assert "fusion-test" in result.stdout
@@ -73,11 +66,16 @@ async def test_info_table_and_json(protocol_server: RunningServer, tmp_path: Pat
     assert msgspec.json.decode(result.stdout) == {"api": "fusion-test", "version": "9.9.9"}
 
 
-async def test_python_dash_m_entry_point(protocol_server: RunningServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [_command(), [sys.executable, "-m", "fusion.client"]],
+    ids=["console-script", "python-m"],
+)
+async def test_entry_points(
+    protocol_server: RunningServer, tmp_path: Path, command: list[str]
+) -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "fusion.client",
+        *command,
         "--url",
         protocol_server.url,
         "--json",
@@ -85,13 +83,13 @@ async def test_python_dash_m_entry_point(protocol_server: RunningServer, tmp_pat
         stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)},
     )
-    out, _ = await process.communicate()
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0
     assert msgspec.json.decode(out)["api"] == "fusion-test"
 
 
 async def test_login_keeps_session_then_logout(
-    protocol_server: RunningServer, tmp_path: Path
+    protocol_server: RunningServer, run_cli: RunCli, tmp_path: Path
 ) -> None:
     url = protocol_server.url
     result = await run_cli(
@@ -148,7 +146,9 @@ async def test_login_keeps_session_then_logout(
     )
 
 
-async def test_wrong_password(protocol_server: RunningServer, tmp_path: Path) -> None:
+async def test_wrong_password(
+    protocol_server: RunningServer, run_cli: RunCli, tmp_path: Path
+) -> None:
     result = await run_cli(
         "--url", protocol_server.url, "login", "-u", "admin", "--password-stdin",
         home=tmp_path, stdin="wrong\n",
@@ -156,7 +156,7 @@ async def test_wrong_password(protocol_server: RunningServer, tmp_path: Path) ->
     assert_clean_error(result, 4, "login refused")
 
 
-async def test_server_down_and_wrong_url(tmp_path: Path) -> None:
+async def test_server_down_and_wrong_url(run_cli: RunCli, tmp_path: Path) -> None:
     down = f"http://127.0.0.1:{free_port()}"
     assert_clean_error(await run_cli("--url", down, "info", home=tmp_path), 3, "cannot connect")
     assert_clean_error(
@@ -173,14 +173,16 @@ async def test_server_down_and_wrong_url(tmp_path: Path) -> None:
 
 
 async def test_wrong_api_path_is_an_api_error(
-    protocol_server: RunningServer, tmp_path: Path
+    protocol_server: RunningServer, run_cli: RunCli, tmp_path: Path
 ) -> None:
     # A URL that answers, but not a Fusion service there: clear error, exit 1.
     result = await run_cli("--url", protocol_server.url + "/not-here", "info", home=tmp_path)
     assert_clean_error(result, 1, "404")
 
 
-async def test_download_with_progress(protocol_server: RunningServer, tmp_path: Path) -> None:
+async def test_download_with_progress(
+    protocol_server: RunningServer, run_cli: RunCli, tmp_path: Path
+) -> None:
     protocol_server.state.download_body = os.urandom(2 * 1024 * 1024)
     output = tmp_path / "out"
     output.mkdir()
@@ -199,7 +201,7 @@ async def test_download_with_progress(protocol_server: RunningServer, tmp_path: 
 
 
 async def test_download_into_missing_directory_is_a_file_error(
-    protocol_server: RunningServer, tmp_path: Path
+    protocol_server: RunningServer, run_cli: RunCli, tmp_path: Path
 ) -> None:
     protocol_server.state.download_body = b"data"
     key = f"{protocol_server.download_guid}/{protocol_server.download_token}"

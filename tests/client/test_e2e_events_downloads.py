@@ -24,6 +24,7 @@ from uuid import UUID
 import msgspec
 import pytest
 from aiohttp import web
+from fusion_testing.fixtures_cli import MainRunner
 from fusion_testing.fixtures_server import ROBOT_KEY, server_config
 
 from fusion.client import (
@@ -36,6 +37,7 @@ from fusion.client import (
     FusionEventAPIClient,
     FusionInfoAPIClient,
 )
+from fusion.client.cli import main
 from fusion.concept import Case, Event
 from fusion.helper.config import TLSConfig
 from fusion.server.app import FusionServer
@@ -238,19 +240,13 @@ async def test_multi_megabyte_download_verified_by_hash(service: Service, tmp_pa
         assert caught.value.status == 404
 
 
-async def _run_cli(*args: str, home: Path) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fusion.client", *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "XDG_CONFIG_HOME": str(home)},
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+async def test_cli_download_and_events(
+    service: Service, tmp_path: Path, run_main: MainRunner
+) -> None:
+    async def _run_cli(*args: str, home: Path) -> tuple[int, str, str]:
+        result = await run_main.in_thread(main, *args, env={"XDG_CONFIG_HOME": str(home)})
+        return result.code, result.stdout, result.stderr
 
-
-async def test_cli_download_and_events(service: Service, tmp_path: Path) -> None:
     source, digest = await asyncio.to_thread(_write_export, service.download_root, 3 * 2**20)
     key = await _download_api(service).prepare(source, "report.bin")
     output = tmp_path / "out.bin"

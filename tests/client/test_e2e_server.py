@@ -7,15 +7,13 @@ several users, a robot API key and the federation key.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
+from fusion_testing.fixtures_cli import MainRunner
 from fusion_testing.fixtures_server import (
     FEDERATION_KEY,
     ROBOT_KEY,
@@ -35,6 +33,7 @@ from fusion.client import (
     FusionConstantAPIClient,
     FusionInfoAPIClient,
 )
+from fusion.client.cli import main
 from fusion.concept import AuthInfo, Case, Identity
 
 ADMIN_PASSWORD = "e2e-admin-password"
@@ -212,61 +211,64 @@ async def test_cookie_jar_file_survives_a_new_client(
     assert not (tmp_path / "jar").exists()
 
 
-async def _cli(*args: str, home: Path, stdin: str = "") -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fusion.client", *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "XDG_CONFIG_HOME": str(home), "FUSION_URL": ""},
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(stdin.encode()), 60)
-    assert process.returncode is not None
-    assert "Traceback" not in err.decode()
-    return process.returncode, out.decode(), err.decode()
+CliCall = Callable[..., Awaitable[tuple[int, str, str]]]
+
+
+@pytest.fixture
+def cli(run_main: MainRunner) -> CliCall:
+    """``await cli(*argv, home=..., stdin=...)`` -> (code, stdout, stderr), in-process."""
+
+    async def run(*args: str, home: Path, stdin: str = "") -> tuple[int, str, str]:
+        result = await run_main.in_thread(
+            main, *args, stdin=stdin, env={"XDG_CONFIG_HOME": str(home)}
+        )
+        assert "Traceback" not in result.stderr
+        return result.code, result.stdout, result.stderr
+
+    return run
 
 
 async def test_cli_session_against_the_server(
-    configured_server: ServerProcess, tmp_path: Path
+    configured_server: ServerProcess, tmp_path: Path, cli: CliCall
 ) -> None:
     url = configured_server.url
     password = TEST_USERS["carol"][0]
-    code, out, err = await _cli(
+    code, out, err = await cli(
         "--url", url, "login", "--username", "carol", "--password-stdin",
         home=tmp_path, stdin=password + "\n",
     )  # fmt: skip
     assert code == 0, err
     assert "logged in as carol (admins)" in out
-    code, out, err = await _cli(
+    code, out, err = await cli(
         "--url", url, "--json", "cases", "create", "--name", "from the cli", "--acs", "admins",
         home=tmp_path,
     )  # fmt: skip
     assert code == 0, err
     guid = msgspec.json.decode(out)["guid"]
-    code, out, err = await _cli("--url", url, "cases", "list", home=tmp_path)
+    code, out, err = await cli("--url", url, "cases", "list", home=tmp_path)
     assert code == 0, err
     assert guid in out
     assert "from the cli" in out
-    code, out, err = await _cli("--url", url, "cases", "delete", guid, home=tmp_path)
+    code, out, err = await cli("--url", url, "cases", "delete", guid, home=tmp_path)
     assert code == 0, err
-    code, out, err = await _cli("--url", url, "logout", home=tmp_path)
+    code, out, err = await cli("--url", url, "logout", home=tmp_path)
     assert code == 0, err
-    code, out, err = await _cli("--url", url, "cases", "list", home=tmp_path)
+    code, out, err = await cli("--url", url, "cases", "list", home=tmp_path)
     assert code == 4
     assert err.startswith("fusion-client: error: not logged in")
 
 
 async def test_cli_wrong_password_and_server_down(
-    configured_server: ServerProcess, tmp_path: Path
+    configured_server: ServerProcess, tmp_path: Path, cli: CliCall
 ) -> None:
-    code, _, err = await _cli(
+    code, _, err = await cli(
         "--url", configured_server.url, "login", "-u", "mallory", "--password-stdin",
         home=tmp_path, stdin="wrong\n",
     )  # fmt: skip
     assert code == 4
     assert err.startswith("fusion-client: error: login refused")
     assert len(err.strip().splitlines()) == 1
-    code, _, err = await _cli("--url", f"http://127.0.0.1:{free_port()}", "info", home=tmp_path)
+    code, _, err = await cli("--url", f"http://127.0.0.1:{free_port()}", "info", home=tmp_path)
     assert code == 3
     assert "cannot connect" in err
     assert len(err.strip().splitlines()) == 1

@@ -1,4 +1,5 @@
-"""The fusion-server command, run as a real subprocess."""
+"""The fusion-server command: ``main(argv)`` in-process, and as a real process where
+the entry point itself is tested (``serve``, signals, ``python -m``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
+from fusion_testing.fixtures_cli import MainRunner
 from fusion_testing.fixtures_server import (
     HTTPSessionFactory,
     ServerProcess,
@@ -20,6 +22,8 @@ from fusion_testing.fixtures_server import (
     server_config_dict,
     write_config,
 )
+
+from fusion.server.cli import main
 
 ServerProcessFactory = Callable[..., ServerProcess]
 
@@ -94,11 +98,14 @@ async def test_generated_admin_password_is_printed_once_and_kept_hashed(
 
 
 async def test_serve_with_a_config_file_and_check_config(
-    tmp_path: Path, server_process: ServerProcessFactory, http_sessions: HTTPSessionFactory
+    tmp_path: Path,
+    server_process: ServerProcessFactory,
+    http_sessions: HTTPSessionFactory,
+    run_main: MainRunner,
 ) -> None:
     config_file = write_config(tmp_path / "fusion.yml", server_config_dict(tmp_path / "data"))
-    result = _run("check-config", str(config_file))
-    assert result.returncode == 0, result.stderr
+    result = await run_main.in_thread(main, "check-config", str(config_file))
+    assert result.code == 0, result.stderr
     assert result.stdout.startswith(f"{config_file}: ok: ")
     assert "auth backend basic, 1 API key(s), federation key yes" in result.stdout
     process = server_process(["--config", str(config_file)])
@@ -108,26 +115,28 @@ async def test_serve_with_a_config_file_and_check_config(
     assert (await login(session, "alice"))[0] == 200
 
 
-def test_check_config_names_the_bad_key(tmp_path: Path) -> None:
+def test_check_config_names_the_bad_key(tmp_path: Path, run_main: MainRunner) -> None:
     bad = tmp_path / "bad.yml"
     bad.write_text("server:\n  port: http\n")
-    result = _run("check-config", str(bad))
-    assert result.returncode == 2
+    result = run_main(main, "check-config", str(bad))
+    assert result.code == 2
     assert result.stdout == ""
     assert result.stderr == (
         f"fusion-server: error: {bad}: server.port: Expected `int`, got `str` (value 'http')\n"
     )
-    result = _run("check-config", str(tmp_path / "missing.yml"))
-    assert result.returncode == 2
+    result = run_main(main, "check-config", str(tmp_path / "missing.yml"))
+    assert result.code == 2
     assert "Traceback" not in result.stderr
     assert "No such file or directory" in result.stderr
 
 
-def test_serve_with_a_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
+def test_serve_with_a_bad_config_exits_2_without_traceback(
+    tmp_path: Path, run_main: MainRunner
+) -> None:
     bad = tmp_path / "bad.yml"
     bad.write_text("auth:\n  backend: {type: kerberos}\n")
-    result = _run("serve", "--config", str(bad))
-    assert result.returncode == 2
+    result = run_main(main, "serve", "--config", str(bad))
+    assert result.code == 2
     assert "Traceback" not in result.stderr
     assert "auth.backend.type: unknown backend type 'kerberos'" in result.stderr
 
@@ -152,20 +161,26 @@ def test_serve_on_a_busy_port_is_a_one_line_error(tmp_path: Path) -> None:
     assert f"fusion-server: error: cannot serve on 127.0.0.1:{port}" in result.stderr
 
 
-def test_hash_password_reads_stdin(tmp_path: Path) -> None:
-    result = _run("hash-password", stdin="correct horse\n")
-    assert result.returncode == 0
+def test_hash_password_reads_stdin(run_main: MainRunner) -> None:
+    result = run_main(main, "hash-password", stdin="correct horse\n")
+    assert result.code == 0
     encoded = result.stdout.strip()
     assert encoded.startswith("$argon2id$")
     assert PasswordHasher().verify(encoded, "correct horse")
-    result = _run("hash-password", stdin="\n")
-    assert (result.returncode, result.stderr) == (1, "fusion-server: error: empty password\n")
+    result = run_main(main, "hash-password", stdin="\n")
+    assert (result.code, result.stderr) == (1, "fusion-server: error: empty password\n")
 
 
-def test_usage_errors_exit_2() -> None:
-    result = _run()
-    assert result.returncode == 2
+def test_usage_errors_exit_2(run_main: MainRunner) -> None:
+    result = run_main(main)
+    assert result.code == 2
     assert "usage: fusion-server" in result.stderr
+    result = run_main(main, "--version")
+    assert result.code == 0
+    assert result.stdout.startswith("fusion-server ")
+
+
+def test_python_dash_m_entry_point() -> None:
     result = _run("--version")
     assert result.returncode == 0
     assert result.stdout.startswith("fusion-server ")

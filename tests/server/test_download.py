@@ -11,6 +11,7 @@ from uuid import uuid4
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from fusion_testing.clock import StoreClock
 
 from fusion.concept import PendingDownloadKey
 from fusion.helper.http_envelope import envelope_middleware
@@ -23,6 +24,7 @@ from fusion.server.download import (
     FusionDownloadConfig,
     TooManyPendingDownloadsError,
 )
+from fusion.server.download.api import _KEY_PREFIX, _PENDING_SET
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
@@ -97,11 +99,19 @@ async def test_concurrent_fetches_only_one_wins(
     assert sorted(statuses) == [200] + [404] * 9
 
 
-async def test_keys_expire(aiohttp_client: ClientFactory, store: SharedStore, root: Path) -> None:
-    client, api = await _client(aiohttp_client, store, root, ttl=0.2)
+async def test_keys_expire(
+    aiohttp_client: ClientFactory, store: SharedStore, store_clock: StoreClock, root: Path
+) -> None:
+    client, api = await _client(aiohttp_client, store, root, ttl=1)
     (root / "f").write_bytes(b"data")
     key = await api.prepare(root / "f", "f")
-    await asyncio.sleep(0.35)
+    pending = _KEY_PREFIX + str(key.guid)
+    assert await store.get(pending) is not None
+
+    async def expired() -> bool:
+        return await store.get(pending) is None
+
+    await store_clock.advance(1, expired, "the pending download expired")
     await _expect_404(client, _url(key))
 
 
@@ -121,14 +131,18 @@ async def test_pending_keys_are_capped(
 
 
 async def test_expired_keys_free_the_cap(
-    aiohttp_client: ClientFactory, store: SharedStore, root: Path
+    aiohttp_client: ClientFactory, store: SharedStore, store_clock: StoreClock, root: Path
 ) -> None:
-    _, api = await _client(aiohttp_client, store, root, max_pending=1, ttl=0.2)
+    _, api = await _client(aiohttp_client, store, root, max_pending=1, ttl=1)
     (root / "f").write_bytes(b"data")
     await api.prepare(root / "f", "f")
     with pytest.raises(TooManyPendingDownloadsError):
         await api.prepare(root / "f", "f")
-    await asyncio.sleep(0.35)
+
+    async def room() -> bool:
+        return await store.bounded_count(_PENDING_SET) == 0
+
+    await store_clock.advance(1, room, "the pending download left the cap")
     await api.prepare(root / "f", "f")
 
 

@@ -125,7 +125,7 @@ async def _events(
 
 
 async def _next_event(events: AsyncIterator[Any], category: str) -> Event[Any]:
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(30):
         while True:
             sse = await anext(events)
             event = Event.from_json(sse.data)
@@ -140,6 +140,10 @@ async def test_subscribe_on_one_replica_notify_on_the_other(
     response, events = await _events(session, first.url, "alice")
     hello = await _next_event(events, "subscribers")
     assert hello.ext == {"usernames": ["alice"]}
+    # Her "subscribe" announcement follows her watcher snapshot into the store
+    # (both after the hello): once it is heard, the other replica can read her.
+    joined = await _next_event(events, "subscribe")
+    assert joined.ext == {"username": "alice"}
     # A watcher on the second replica sees Alice, who watches on the first.
     other, other_events = await _events(session, second.url, "bob")
     hello = await _next_event(other_events, "subscribers")

@@ -4,6 +4,8 @@
 - ``redis_url``: that server's URL, flushed before the test;
 - ``private_redis_server``: a server of the test's own, to kill and restart;
 - ``store_url``: parametrized ``memory`` / ``redis``, to run a test on both stores;
+- ``store_clock``: the TTL time of ``store`` (a manual clock on ``memory://``,
+  Redis's own on Redis), which tests advance instead of sleeping TTLs out;
 - ``store``: a :class:`SharedStore` on ``store_url``, closed after the test;
 - ``pubsub``: a :class:`FusionPubSub` on ``store``, closed after the test.
 """
@@ -15,11 +17,20 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from fusion.helper.pubsub import FusionPubSub
-from fusion.helper.store import SharedStore, create_store
+from fusion.helper.store import SharedStore
+from fusion_testing.clock import ManualClock, StoreClock
 from fusion_testing.redis import RedisServer
 from fusion_testing.services import require_binary
 
-__all__ = ["private_redis_server", "pubsub", "redis_server", "redis_url", "store", "store_url"]
+__all__ = [
+    "private_redis_server",
+    "pubsub",
+    "redis_server",
+    "redis_url",
+    "store",
+    "store_clock",
+    "store_url",
+]
 
 
 def _running_server() -> Iterator[RedisServer]:
@@ -66,9 +77,15 @@ def store_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def store(store_url: str) -> AsyncIterator[SharedStore]:
-    """The shared store of ``store_url`` (so, once per store), closed after the test."""
-    shared = create_store(store_url)
+def store_clock(store_url: str) -> StoreClock:
+    """The TTL time of ``store_url``'s stores: advance it instead of sleeping TTLs out."""
+    return StoreClock(ManualClock() if store_url.startswith("memory://") else None)
+
+
+@pytest.fixture
+async def store(store_url: str, store_clock: StoreClock) -> AsyncIterator[SharedStore]:
+    """The store of ``store_url`` (once per store) on ``store_clock``, closed after the test."""
+    shared = store_clock.create_store(store_url)
     try:
         yield shared
     finally:

@@ -109,8 +109,9 @@ def _private_dirs(path: Path) -> None:
 _JSON = msgspec.json.Encoder(order="deterministic")
 
 
-def _print_json(data: Any, out: IO[str] = sys.stdout) -> None:
-    out.write(msgspec.json.format(_JSON.encode(data), indent=2).decode() + "\n")
+def _print_json(data: Any, out: IO[str] | None = None) -> None:
+    # sys.stdout when called, not when imported: a redirected stdout gets it.
+    (out or sys.stdout).write(msgspec.json.format(_JSON.encode(data), indent=2).decode() + "\n")
 
 
 def _table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -91,10 +91,18 @@ class MemorySubscription:
 
 
 class MemoryStore(SharedStore):
-    """:class:`~fusion.helper.store.SharedStore` kept in this process's memory."""
+    """:class:`~fusion.helper.store.SharedStore` kept in this process's memory.
 
-    def __init__(self, url: str = "memory://") -> None:
+    ``clock`` gives the seconds against which every TTL (keys, counters,
+    bounded sets, histories) runs; tests pass one they advance instead of
+    sleeping TTLs out. Lock leases run on the event loop's timer.
+    """
+
+    def __init__(
+        self, url: str = "memory://", *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.url = url
+        self._clock = clock
         self._values: dict[str, tuple[bytes, float | None]] = {}
         self._bounded: dict[str, dict[str, float]] = {}
         self._histories: dict[str, _History] = {}
@@ -104,7 +112,7 @@ class MemoryStore(SharedStore):
         # History ids increase store-wide, hence per channel, even when the
         # wall clock steps back or a channel's history expired and restarts.
         self._last_id = (0, 0)
-        self._next_sweep = time.monotonic() + _SWEEP_INTERVAL
+        self._next_sweep = self._clock() + _SWEEP_INTERVAL
 
     # -- housekeeping -------------------------------------------------------
     def _sweep(self, now: float) -> None:
@@ -138,13 +146,13 @@ class MemoryStore(SharedStore):
 
     # -- keys ---------------------------------------------------------------
     async def get(self, key: str) -> bytes | None:
-        entry = self._live(key, time.monotonic())
+        entry = self._live(key, self._clock())
         return None if entry is None else entry[0]
 
     async def set(
         self, key: str, value: bytes, *, ttl: float | None = None, only_if_absent: bool = False
     ) -> bool:
-        now = time.monotonic()
+        now = self._clock()
         self._sweep(now)
         if only_if_absent and (self._live(key, now) is not None or key in self._bounded):
             return False
@@ -153,14 +161,14 @@ class MemoryStore(SharedStore):
         return True
 
     async def pop(self, key: str) -> bytes | None:
-        entry = self._live(key, time.monotonic())
+        entry = self._live(key, self._clock())
         if entry is None:
             return None
         del self._values[key]
         return entry[0]
 
     async def delete(self, *keys: str) -> int:
-        now = time.monotonic()
+        now = self._clock()
         count = 0
         for key in keys:
             if self._live(key, now) is not None:
@@ -174,7 +182,7 @@ class MemoryStore(SharedStore):
         return count
 
     async def expire(self, key: str, ttl: float) -> bool:
-        now = time.monotonic()
+        now = self._clock()
         entry = self._live(key, now)
         if entry is not None:
             self._values[key] = (entry[0], now + ttl)
@@ -190,7 +198,7 @@ class MemoryStore(SharedStore):
         return False
 
     async def incr(self, key: str, *, ttl: float, amount: int = 1) -> int:
-        now = time.monotonic()
+        now = self._clock()
         self._sweep(now)
         entry = self._live(key, now)
         if entry is None:
@@ -208,7 +216,7 @@ class MemoryStore(SharedStore):
         return value
 
     async def ttl(self, key: str) -> float | None:
-        now = time.monotonic()
+        now = self._clock()
         entry = self._live(key, now)
         if entry is not None:
             return None if entry[1] is None else max(entry[1] - now, 0.0)
@@ -221,7 +229,7 @@ class MemoryStore(SharedStore):
 
     # -- bounded sets -------------------------------------------------------
     async def bounded_add(self, key: str, member: str, *, ttl: float, cap: int) -> bool:
-        now = time.monotonic()
+        now = self._clock()
         self._sweep(now)
         members = self._bounded.get(key)
         if members is not None:
@@ -242,7 +250,7 @@ class MemoryStore(SharedStore):
         members = self._bounded.get(key)
         if members is None:
             return False
-        self._prune(key, members, time.monotonic())
+        self._prune(key, members, self._clock())
         if key not in self._bounded or member not in members:
             return False
         del members[member]
@@ -254,7 +262,7 @@ class MemoryStore(SharedStore):
         members = self._bounded.get(key)
         if members is None:
             return 0
-        self._prune(key, members, time.monotonic())
+        self._prune(key, members, self._clock())
         return len(members)
 
     # -- pub/sub and history ------------------------------------------------
@@ -274,7 +282,7 @@ class MemoryStore(SharedStore):
     ) -> str | None:
         message_id: str | None = None
         if history > 0:
-            now = time.monotonic()
+            now = self._clock()
             self._sweep(now)
             kept = self._histories.get(channel)
             if kept is not None and kept.deadline is not None and kept.deadline <= now:
@@ -315,7 +323,7 @@ class MemoryStore(SharedStore):
         kept = self._histories.get(channel)
         if kept is None:
             return []
-        if kept.deadline is not None and kept.deadline <= time.monotonic():
+        if kept.deadline is not None and kept.deadline <= self._clock():
             del self._histories[channel]
             return []
         after = history_cut(after_id)
