@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -200,8 +201,7 @@ class SQLiteStorage(FusionStorage[CaseT]):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conn = self._connect(self._busy_timeout_ms)
         try:
-            # Persistent in the file: every later connection, of any process, is WAL.
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
+            mode = self._enable_wal(conn)
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"{self.path}: cannot enable WAL (mode {mode})")
             with _transaction(conn):
@@ -222,6 +222,23 @@ class SQLiteStorage(FusionStorage[CaseT]):
             conn.close()
             raise
         return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> object:
+        """``PRAGMA journal_mode=WAL`` (persistent in the file: every later
+        connection, of any process, is WAL), retried for up to ``busy_timeout``.
+
+        The switch takes an exclusive lock that SQLite's busy handler does not
+        wait for: processes opening a new file at once get "database is locked".
+        This runs on the writer thread, never on the event loop.
+        """
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            try:
+                return conn.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.02)
 
     # -- plumbing ---------------------------------------------------------------
     async def _write(self, job: Callable[[sqlite3.Connection], _T]) -> _T:
