@@ -8,7 +8,6 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,19 +22,7 @@ from fusion.helper.logging import (
     setup_logging,
 )
 
-
-@pytest.fixture(autouse=True)
-def restore_root_logger(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("FUSION_LOG_LEVEL", "FUSION_LOG_FORMAT", "FUSION_LOG_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_root_logger")
 
 
 def test_get_logger() -> None:

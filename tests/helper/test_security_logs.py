@@ -8,7 +8,6 @@ import json
 import logging
 import re
 import unicodedata
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,18 +31,7 @@ def _unescape(text: str) -> str:
     return codecs.decode(text.encode("latin-1", "backslashreplace"), "unicode_escape")
 
 
-@pytest.fixture(autouse=True)
-def restore_root_logger(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("FUSION_LOG_LEVEL", "FUSION_LOG_FORMAT", "FUSION_LOG_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_root_logger")
 
 
 def _file_lines(path: Path) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
@@ -90,20 +89,6 @@ def test_invalid_guid_text(caplog: pytest.LogCaptureFixture) -> None:
 
 
 # -- through the handlers setup_logging installs, and handlers of one's own --------
-
-
-@pytest.fixture
-def restore_root_logger(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("FUSION_LOG_LEVEL", "FUSION_LOG_FORMAT", "FUSION_LOG_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(level)
 
 
 @pytest.mark.usefixtures("restore_root_logger")

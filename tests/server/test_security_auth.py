@@ -68,17 +68,22 @@ async def _login_from(
         return response.status
 
 
+@pytest.fixture
+async def throttled(
+    tmp_path: Path, store_url: str, fusion_server: ServerFactory, http_sessions: HTTPSessionFactory
+) -> aiohttp.ClientSession:
+    """A client of a server on ``store_url`` with the limits above (per username
+    and per address), whose loopback peer is a trusted proxy."""
+    config = decode_config(_throttled_config(tmp_path, store_url), FusionServerConfig)
+    server = await fusion_server(config)
+    return http_sessions(server.url)
+
+
 # -- 1. concurrent logins and the throttle ----------------------------------------
 async def test_a_burst_of_wrong_logins_verifies_at_most_the_limit(
-    tmp_path: Path,
-    store_url: str,
-    fusion_server: ServerFactory,
-    http_sessions: HTTPSessionFactory,
+    throttled: aiohttp.ClientSession,
 ) -> None:
-    server = await fusion_server(
-        decode_config(_throttled_config(tmp_path, store_url), FusionServerConfig)
-    )
-    session = http_sessions(server.url)
+    session = throttled
     # 29 wrong passwords and the right one, all at once, from one address each
     # (so only the per-username limit applies).
     attempts = [
@@ -99,15 +104,9 @@ async def test_a_burst_of_wrong_logins_verifies_at_most_the_limit(
 
 
 async def test_a_burst_from_one_address_verifies_at_most_its_limit(
-    tmp_path: Path,
-    store_url: str,
-    fusion_server: ServerFactory,
-    http_sessions: HTTPSessionFactory,
+    throttled: aiohttp.ClientSession,
 ) -> None:
-    server = await fusion_server(
-        decode_config(_throttled_config(tmp_path, store_url), FusionServerConfig)
-    )
-    session = http_sessions(server.url)
+    session = throttled
     # 150 wrong logins for 150 usernames from one address, at once.
     statuses = await asyncio.gather(
         *(_login_from(session, f"user{index}", "wrong", "203.0.113.7") for index in range(150))
@@ -119,15 +118,9 @@ async def test_a_burst_from_one_address_verifies_at_most_its_limit(
 
 
 async def test_successful_logins_do_not_use_up_the_limits(
-    tmp_path: Path,
-    store_url: str,
-    fusion_server: ServerFactory,
-    http_sessions: HTTPSessionFactory,
+    throttled: aiohttp.ClientSession,
 ) -> None:
-    server = await fusion_server(
-        decode_config(_throttled_config(tmp_path, store_url), FusionServerConfig)
-    )
-    session = http_sessions(server.url)
+    session = throttled
     # An office behind one address: more good logins than the address limit.
     for _ in range(PER_IP + 5):
         assert await _login_from(session, "carol", "carol-password", "192.0.2.1") == 200
