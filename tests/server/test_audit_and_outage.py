@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fusion_testing.fixtures_server import (
     ROBOT_KEY,
     HTTPSessionFactory,
     ServerFactory,
+    audit_records,
     call,
     login,
     server_config,
 )
 from fusion_testing.redis import RedisServer
-
-
-def _audits(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    return [
-        record.audit  # type: ignore[attr-defined]
-        for record in caplog.records
-        if record.name == "fusion.audit"
-    ]
 
 
 async def test_every_decision_is_audited(
@@ -45,7 +37,7 @@ async def test_every_decision_is_audited(
         await call(robot, "GET", f"/api/case/{case_guid}")
         await call(alice, "GET", f"/api/case/{case_guid}")
         await call(alice, "DELETE", f"/api/case/{case_guid}")
-    audits = _audits(caplog)
+    audits = audit_records(caplog)
     summary = [(a["who"], a["action"], a["granted"], a["case_guid"]) for a in audits]
     assert summary == [
         ("alice", "login", False, None),
@@ -80,7 +72,7 @@ async def test_trusted_proxy_address_is_the_audited_client(
             json={"data": {"username": "alice", "password": "wrong"}},
             headers={"X-Forwarded-For": "203.0.113.9"},
         )
-    assert [a["client_ip"] for a in _audits(caplog)] == ["127.0.0.1", "203.0.113.9"]
+    assert [a["client_ip"] for a in audit_records(caplog)] == ["127.0.0.1", "203.0.113.9"]
 
 
 @pytest.mark.redis

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,20 +54,6 @@ def direct_config(server: SlapdServer, **overrides: Any) -> LDAPBackendConfig:
     }
     fields.update(overrides)
     return msgspec.convert(fields, LDAPBackendConfig)
-
-
-@pytest.fixture
-async def backend_of() -> AsyncIterator[Callable[[LDAPBackendConfig], LDAPBackend]]:
-    started: list[LDAPBackend] = []
-
-    def build(config: LDAPBackendConfig) -> LDAPBackend:
-        backend = config.build()
-        started.append(backend)
-        return backend
-
-    yield build
-    for backend in started:
-        await backend.shutdown()
 
 
 async def login(backend: LDAPBackend, username: str, password: str) -> tuple[str, set[str]] | None:
@@ -136,9 +122,9 @@ def test_bad_config_is_refused_with_a_message_naming_the_problem(
 
 
 async def test_search_then_bind_with_groups_from_member_of(
-    slapd_server: SlapdServer, backend_of: Callable[[LDAPBackendConfig], LDAPBackend]
+    slapd_server: SlapdServer, ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend]
 ) -> None:
-    backend = backend_of(search_config(slapd_server))
+    backend = ldap_backends(search_config(slapd_server))
     await backend.startup()
     assert await login(backend, "alice", "alice-secret") == ("alice", {"analysts", "admins"})
     assert await login(backend, "carol", "carol-secret") == ("carol", {"responders"})
@@ -148,9 +134,9 @@ async def test_search_then_bind_with_groups_from_member_of(
 
 
 async def test_wrong_password_unknown_user_and_empty_password_are_refused(
-    slapd_server: SlapdServer, backend_of: Callable[[LDAPBackendConfig], LDAPBackend]
+    slapd_server: SlapdServer, ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend]
 ) -> None:
-    backend = backend_of(search_config(slapd_server))
+    backend = ldap_backends(search_config(slapd_server))
     assert await login(backend, "alice", "bob-secret") is None
     assert await login(backend, "alice", "alice-secret ") is None
     assert await login(backend, "nobody", "alice-secret") is None
@@ -159,14 +145,14 @@ async def test_wrong_password_unknown_user_and_empty_password_are_refused(
 
 
 async def test_empty_password_is_refused_before_any_bind(
-    backend_of: Callable[[LDAPBackendConfig], LDAPBackend],
+    ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend],
 ) -> None:
     # Nothing listens on this port: a refusal (not a 503) proves no connection was tried.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     config = direct_config_for_url(f"ldap://127.0.0.1:{port}")
-    backend = backend_of(config)
+    backend = ldap_backends(config)
     assert await backend.login({"username": "alice", "password": ""}) is None
     with pytest.raises(BackendUnavailableError):
         await backend.login({"username": "alice", "password": "x"})
@@ -194,10 +180,10 @@ def direct_config_for_url(url: str) -> LDAPBackendConfig:
 )
 async def test_malformed_body_is_a_login_body_error(
     slapd_server: SlapdServer,
-    backend_of: Callable[[LDAPBackendConfig], LDAPBackend],
+    ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend],
     body: dict[str, Any],
 ) -> None:
-    backend = backend_of(search_config(slapd_server))
+    backend = ldap_backends(search_config(slapd_server))
     with pytest.raises(LoginBodyError, match="username"):
         await backend.login(body)
 
@@ -208,38 +194,38 @@ async def test_malformed_body_is_a_login_body_error(
 )
 async def test_filter_injection_matches_nobody(
     slapd_server: SlapdServer,
-    backend_of: Callable[[LDAPBackendConfig], LDAPBackend],
+    ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend],
     username: str,
 ) -> None:
-    backend = backend_of(search_config(slapd_server))
+    backend = ldap_backends(search_config(slapd_server))
     for password in ("alice-secret", "bob-secret"):
         assert await login(backend, username, password) is None
 
 
 async def test_an_ambiguous_filter_logs_nobody_in(
-    slapd_server: SlapdServer, backend_of: Callable[[LDAPBackendConfig], LDAPBackend]
+    slapd_server: SlapdServer, ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend]
 ) -> None:
     # A filter matching several people must not pick one of them.
     config = search_config(slapd_server, user_filter="(|(uid={username})(objectClass=person))")
-    backend = backend_of(config)
+    backend = ldap_backends(config)
     assert await login(backend, "alice", "alice-secret") is None
 
 
 async def test_username_attribute_gives_the_directory_spelling(
-    slapd_server: SlapdServer, backend_of: Callable[[LDAPBackendConfig], LDAPBackend]
+    slapd_server: SlapdServer, ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend]
 ) -> None:
-    backend = backend_of(search_config(slapd_server, username_attribute="uid"))
+    backend = ldap_backends(search_config(slapd_server, username_attribute="uid"))
     # uid matching is case-insensitive: the identity keeps one spelling
     assert await login(backend, "ALICE", "alice-secret") == ("alice", {"analysts", "admins"})
     # Without username_attribute: the attribute user_filter matches the name on.
-    plain = backend_of(search_config(slapd_server))
+    plain = ldap_backends(search_config(slapd_server))
     assert await login(plain, "ALICE", "alice-secret") == ("alice", {"analysts", "admins"})
 
 
 async def test_service_account_refused_is_unavailable(
-    slapd_server: SlapdServer, backend_of: Callable[[LDAPBackendConfig], LDAPBackend]
+    slapd_server: SlapdServer, ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend]
 ) -> None:
-    backend = backend_of(search_config(slapd_server, bind_password="wrong"))
+    backend = ldap_backends(search_config(slapd_server, bind_password="wrong"))
     with pytest.raises(BackendUnavailableError, match="service account"):
         await backend.login({"username": "alice", "password": "alice-secret"})
 
@@ -248,10 +234,10 @@ async def test_service_account_refused_is_unavailable(
 
 
 async def test_groups_from_a_group_search_of_all_three_shapes(
-    slapd_server: SlapdServer, backend_of: Callable[[LDAPBackendConfig], LDAPBackend]
+    slapd_server: SlapdServer, ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend]
 ) -> None:
     config = search_config(slapd_server, group_source="search", group_base=slapd_server.groups_base)
-    backend = backend_of(config)
+    backend = ldap_backends(config)
     assert await login(backend, "alice", "alice-secret") == ("alice", {"analysts", "admins"})
     assert await login(backend, "bob", "bob-secret") == ("bob", {"analysts", "operators"})
     assert await login(backend, "carol", "carol-secret") == ("carol", {"responders"})
@@ -259,7 +245,7 @@ async def test_groups_from_a_group_search_of_all_three_shapes(
 
 
 async def test_group_search_with_a_custom_filter_and_name_attribute(
-    slapd_server: SlapdServer, backend_of: Callable[[LDAPBackendConfig], LDAPBackend]
+    slapd_server: SlapdServer, ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend]
 ) -> None:
     config = search_config(
         slapd_server,
@@ -268,22 +254,22 @@ async def test_group_search_with_a_custom_filter_and_name_attribute(
         group_filter="(&(objectClass=posixGroup)(memberUid={username}))",
         group_name_attribute="gidNumber",
     )
-    backend = backend_of(config)
+    backend = ldap_backends(config)
     assert await login(backend, "bob", "bob-secret") == ("bob", {"5000"})
     assert await login(backend, "alice", "alice-secret") == ("alice", set())
 
 
 async def test_no_group_source_gives_no_groups(
-    slapd_server: SlapdServer, backend_of: Callable[[LDAPBackendConfig], LDAPBackend]
+    slapd_server: SlapdServer, ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend]
 ) -> None:
-    backend = backend_of(search_config(slapd_server, group_source="none"))
+    backend = ldap_backends(search_config(slapd_server, group_source="none"))
     assert await login(backend, "alice", "alice-secret") == ("alice", set())
 
 
 @pytest.mark.parametrize("group_source", ["member_of", "search"])
 async def test_allowed_groups_refuse_everyone_else(
     slapd_server: SlapdServer,
-    backend_of: Callable[[LDAPBackendConfig], LDAPBackend],
+    ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend],
     group_source: str,
 ) -> None:
     config = search_config(
@@ -292,7 +278,7 @@ async def test_allowed_groups_refuse_everyone_else(
         group_base=slapd_server.groups_base,
         allowed_groups=["admins", "responders"],
     )
-    backend = backend_of(config)
+    backend = ldap_backends(config)
     assert await login(backend, "alice", "alice-secret") == ("alice", {"analysts", "admins"})
     assert await login(backend, "carol", "carol-secret") == ("carol", {"responders"})
     assert await login(backend, "bob", "bob-secret") is None
@@ -303,9 +289,9 @@ async def test_allowed_groups_refuse_everyone_else(
 
 
 async def test_direct_bind_reads_groups_with_the_user_connection(
-    slapd_server: SlapdServer, backend_of: Callable[[LDAPBackendConfig], LDAPBackend]
+    slapd_server: SlapdServer, ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend]
 ) -> None:
-    backend = backend_of(direct_config(slapd_server))
+    backend = ldap_backends(direct_config(slapd_server))
     assert await login(backend, "alice", "alice-secret") == ("alice", {"analysts", "admins"})
     assert await login(backend, "alice", "wrong") is None
     assert await login(backend, "nobody", "alice-secret") is None
@@ -313,9 +299,9 @@ async def test_direct_bind_reads_groups_with_the_user_connection(
 
 
 async def test_direct_bind_escapes_the_dn_value(
-    slapd_server: SlapdServer, backend_of: Callable[[LDAPBackendConfig], LDAPBackend]
+    slapd_server: SlapdServer, ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend]
 ) -> None:
-    backend = backend_of(direct_config(slapd_server))
+    backend = ldap_backends(direct_config(slapd_server))
     assert await login(backend, SMITH, "smith-secret") == (SMITH, {"analysts"})
     # Without escaping this would bind as alice (the RDN would end at the comma).
     assert await login(backend, "alice,ou=people", "alice-secret") is None
@@ -323,7 +309,7 @@ async def test_direct_bind_escapes_the_dn_value(
 
 
 async def test_direct_bind_with_a_group_search_by_the_service_account(
-    slapd_server: SlapdServer, backend_of: Callable[[LDAPBackendConfig], LDAPBackend]
+    slapd_server: SlapdServer, ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend]
 ) -> None:
     config = direct_config(
         slapd_server,
@@ -332,7 +318,7 @@ async def test_direct_bind_with_a_group_search_by_the_service_account(
         group_source="search",
         group_base=slapd_server.groups_base,
     )
-    backend = backend_of(config)
+    backend = ldap_backends(config)
     assert await login(backend, "bob", "bob-secret") == ("bob", {"analysts", "operators"})
 
 
@@ -340,20 +326,20 @@ async def test_direct_bind_with_a_group_search_by_the_service_account(
 
 
 async def test_start_tls_with_the_test_ca(
-    slapd_server: SlapdServer, backend_of: Callable[[LDAPBackendConfig], LDAPBackend]
+    slapd_server: SlapdServer, ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend]
 ) -> None:
     config = search_config(slapd_server, start_tls=True, ca_file=str(slapd_server.ca_file))
-    backend = backend_of(config)
+    backend = ldap_backends(config)
     assert await login(backend, "alice", "alice-secret") == ("alice", {"analysts", "admins"})
 
 
 async def test_ldaps_with_the_test_ca(
-    slapd_server: SlapdServer, backend_of: Callable[[LDAPBackendConfig], LDAPBackend]
+    slapd_server: SlapdServer, ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend]
 ) -> None:
     config = search_config(
         slapd_server, url=slapd_server.ldaps_url, ca_file=str(slapd_server.ca_file)
     )
-    backend = backend_of(config)
+    backend = ldap_backends(config)
     assert await login(backend, "carol", "carol-secret") == ("carol", {"responders"})
     assert await login(backend, "carol", "wrong") is None
 
@@ -361,18 +347,18 @@ async def test_ldaps_with_the_test_ca(
 @pytest.mark.parametrize("use_ldaps", [True, False])
 async def test_tls_without_the_ca_is_refused_as_unavailable(
     slapd_server: SlapdServer,
-    backend_of: Callable[[LDAPBackendConfig], LDAPBackend],
+    ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend],
     tmp_path: Path,
     use_ldaps: bool,
 ) -> None:
     # A CA file that did not sign the directory's certificate.
     other_ca = make_tls_files(tmp_path).ca_file
     tls: dict[str, Any] = {"url": slapd_server.ldaps_url} if use_ldaps else {"start_tls": True}
-    backend = backend_of(search_config(slapd_server, ca_file=str(other_ca), **tls))
+    backend = ldap_backends(search_config(slapd_server, ca_file=str(other_ca), **tls))
     with pytest.raises(BackendUnavailableError, match=r"unreachable|StartTLS"):
         await backend.login({"username": "alice", "password": "alice-secret"})
     # Validation can be turned off explicitly (test setups only).
-    lax = backend_of(search_config(slapd_server, tls_verify="none", **tls))
+    lax = ldap_backends(search_config(slapd_server, tls_verify="none", **tls))
     assert await login(lax, "alice", "alice-secret") == ("alice", {"analysts", "admins"})
 
 
@@ -381,11 +367,11 @@ async def test_tls_without_the_ca_is_refused_as_unavailable(
 
 async def test_directory_stopped_mid_test_is_unavailable_then_recovers(
     slapd_factory: Callable[..., SlapdServer],
-    backend_of: Callable[[LDAPBackendConfig], LDAPBackend],
+    ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend],
 ) -> None:
     server = slapd_factory()
     for config in (search_config(server), direct_config(server)):
-        backend = backend_of(config)
+        backend = ldap_backends(config)
         assert await login(backend, "alice", "alice-secret") is not None
         server.stop()
         started = time.monotonic()
@@ -406,7 +392,7 @@ def silent_listener() -> Iterator[int]:
 
 
 async def test_a_directory_that_never_answers_times_out(
-    silent_listener: int, backend_of: Callable[[LDAPBackendConfig], LDAPBackend]
+    silent_listener: int, ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend]
 ) -> None:
     config = LDAPBackendConfig(
         url=f"ldap://127.0.0.1:{silent_listener}",
@@ -415,7 +401,7 @@ async def test_a_directory_that_never_answers_times_out(
         connect_timeout=0.5,
         receive_timeout=0.5,
     )
-    backend = backend_of(config)
+    backend = ldap_backends(config)
     started = time.monotonic()
     # The loop keeps running while the directory hangs.
     ticks = 0
@@ -437,9 +423,9 @@ async def test_a_directory_that_never_answers_times_out(
 
 
 async def test_info_reports_the_type_and_nothing_secret(
-    slapd_server: SlapdServer, backend_of: Callable[[LDAPBackendConfig], LDAPBackend]
+    slapd_server: SlapdServer, ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend]
 ) -> None:
-    backend = backend_of(search_config(slapd_server))
+    backend = ldap_backends(search_config(slapd_server))
     info = backend.info()
     assert info.type == "ldap"
     encoded = info.to_json() if hasattr(info, "to_json") else msgspec.json.encode(info)
@@ -449,9 +435,9 @@ async def test_info_reports_the_type_and_nothing_secret(
 
 
 async def test_concurrent_logins(
-    slapd_server: SlapdServer, backend_of: Callable[[LDAPBackendConfig], LDAPBackend]
+    slapd_server: SlapdServer, ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend]
 ) -> None:
-    backend = backend_of(search_config(slapd_server))
+    backend = ldap_backends(search_config(slapd_server))
     results = await asyncio.gather(
         *(
             login(backend, user, f"{user}-secret" if index % 3 else "wrong")
@@ -463,21 +449,21 @@ async def test_concurrent_logins(
 
 
 async def test_a_base_that_does_not_exist_finds_nobody(
-    slapd_server: SlapdServer, backend_of: Callable[[LDAPBackendConfig], LDAPBackend]
+    slapd_server: SlapdServer, ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend]
 ) -> None:
-    backend = backend_of(search_config(slapd_server, user_base=f"ou=nowhere,{SUFFIX}"))
+    backend = ldap_backends(search_config(slapd_server, user_base=f"ou=nowhere,{SUFFIX}"))
     assert await login(backend, "alice", "alice-secret") is None
     groups_elsewhere = search_config(
         slapd_server, group_source="search", group_base=f"ou=nowhere,{SUFFIX}"
     )
-    assert await login(backend_of(groups_elsewhere), "alice", "alice-secret") == ("alice", set())
+    assert await login(ldap_backends(groups_elsewhere), "alice", "alice-secret") == ("alice", set())
 
 
 async def test_a_missing_ca_file_is_unavailable_not_a_crash(
     slapd_server: SlapdServer,
-    backend_of: Callable[[LDAPBackendConfig], LDAPBackend],
+    ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend],
     tmp_path: Path,
 ) -> None:
     config = search_config(slapd_server, start_tls=True, ca_file=str(tmp_path / "missing.pem"))
     with pytest.raises(BackendUnavailableError, match=r"missing\.pem"):
-        await backend_of(config).login({"username": "alice", "password": "alice-secret"})
+        await ldap_backends(config).login({"username": "alice", "password": "alice-secret"})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,20 +40,6 @@ def decoded(server: SlapdServer, **overrides: Any) -> LDAPBackendConfig:
     return config.auth.backend
 
 
-@pytest.fixture
-async def backend_of() -> AsyncIterator[Callable[[LDAPBackendConfig], LDAPBackend]]:
-    started: list[LDAPBackend] = []
-
-    def build(config: LDAPBackendConfig) -> LDAPBackend:
-        backend = config.build()
-        started.append(backend)
-        return backend
-
-    yield build
-    for backend in started:
-        await backend.shutdown()
-
-
 async def logs_in(backend: LDAPBackend) -> str | None:
     identity = await backend.login({"username": "alice", "password": "alice-secret"})
     return None if identity is None else identity.username
@@ -62,45 +48,45 @@ async def logs_in(backend: LDAPBackend) -> str | None:
 @pytest.mark.parametrize("start_tls", [False, True])
 async def test_tls_ca_file_and_ca_data_trust_the_directory(
     slapd_server: SlapdServer,
-    backend_of: Callable[[LDAPBackendConfig], LDAPBackend],
+    ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend],
     start_tls: bool,
 ) -> None:
     assert slapd_server.ca_file is not None
     url = {"url": slapd_server.url, "start_tls": True} if start_tls else {}
     by_file = decoded(slapd_server, tls={"ca_file": str(slapd_server.ca_file)}, **url)
     assert by_file.tls == TLSConfig(ca_file=str(slapd_server.ca_file))
-    assert await logs_in(backend_of(by_file)) == "alice"
+    assert await logs_in(ldap_backends(by_file)) == "alice"
     # ca_data: the PEM inline (an environment reference in practice), new with the shape.
     by_data = decoded(slapd_server, tls={"ca_data": slapd_server.ca_file.read_text()}, **url)
-    assert await logs_in(backend_of(by_data)) == "alice"
+    assert await logs_in(ldap_backends(by_data)) == "alice"
 
 
 async def test_system_cas_refuse_the_test_ca_and_verify_false_skips_checks(
-    slapd_server: SlapdServer, backend_of: Callable[[LDAPBackendConfig], LDAPBackend]
+    slapd_server: SlapdServer, ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend]
 ) -> None:
     with pytest.raises(BackendUnavailableError):
-        await logs_in(backend_of(decoded(slapd_server)))
+        await logs_in(ldap_backends(decoded(slapd_server)))
     lax = decoded(slapd_server, tls={"verify": False})
-    assert await logs_in(backend_of(lax)) == "alice"
+    assert await logs_in(ldap_backends(lax)) == "alice"
 
 
 async def test_a_ca_that_did_not_sign_the_directory_is_refused(
     slapd_server: SlapdServer,
-    backend_of: Callable[[LDAPBackendConfig], LDAPBackend],
+    ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend],
     tmp_path: Path,
 ) -> None:
     other = make_tls_files(tmp_path).ca_file
     with pytest.raises(BackendUnavailableError):
-        await logs_in(backend_of(decoded(slapd_server, tls={"ca_file": str(other)})))
+        await logs_in(ldap_backends(decoded(slapd_server, tls={"ca_file": str(other)})))
 
 
 async def test_the_old_spelling_is_the_same_shape(
-    slapd_server: SlapdServer, backend_of: Callable[[LDAPBackendConfig], LDAPBackend]
+    slapd_server: SlapdServer, ldap_backends: Callable[[LDAPBackendConfig], LDAPBackend]
 ) -> None:
     old = decoded(slapd_server, ca_file=str(slapd_server.ca_file), tls_verify="required")
     assert old.tls == TLSConfig(ca_file=str(slapd_server.ca_file))
     assert (old.ca_file, old.tls_verify) == (None, None)
-    assert await logs_in(backend_of(old)) == "alice"
+    assert await logs_in(ldap_backends(old)) == "alice"
     assert decoded(slapd_server, tls_verify="none").tls == TLSConfig(verify=False)
 
 

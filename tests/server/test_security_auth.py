@@ -26,6 +26,7 @@ from fusion_testing.fixtures_server import (
     RunningServer,
     ServerFactory,
     ServerProcess,
+    audit_records,
     call,
     login,
     server_config,
@@ -347,12 +348,6 @@ async def test_access_matrix(
 
 
 # -- 13. audit of refused credentials ----------------------------------------------------
-def _audits(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    return [
-        record.audit  # type: ignore[attr-defined]
-        for record in caplog.records
-        if record.name == "fusion.audit"
-    ]
 
 
 async def test_refused_credentials_are_audited_with_what_was_tried(
@@ -376,7 +371,7 @@ async def test_refused_credentials_are_audited_with_what_was_tried(
         await login(session, "x" * 500, "wrong")
         status, body = await call(forger, "GET", "/api/cases")
     assert (status, body["message"]) == (401, "invalid API key")
-    audits = _audits(caplog)
+    audits = audit_records(caplog)
     summary = [(a["who"], a["action"], a["granted"], a["context"].get("reason")) for a in audits]
     assert summary == [
         ("alice", "login", False, "login refused"),

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from fusion.server.auth.ldap import LDAPBackend, LDAPBackendConfig
 from fusion_testing.services import require_binary
 from fusion_testing.slapd import SlapdServer
 
-__all__ = ["slapd_factory", "slapd_server"]
+__all__ = ["ldap_backends", "slapd_factory", "slapd_server"]
 
 
 def _binaries() -> tuple[Path, Path]:
@@ -49,3 +50,18 @@ def slapd_factory(tmp_path: Path) -> Iterator[Callable[..., SlapdServer]]:
     finally:
         for server in started:
             server.stop()
+
+
+@pytest.fixture
+async def ldap_backends() -> AsyncIterator[Callable[[LDAPBackendConfig], LDAPBackend]]:
+    """``ldap_backends(config)``: the backend of ``config``, shut down after the test."""
+    started: list[LDAPBackend] = []
+
+    def build(config: LDAPBackendConfig) -> LDAPBackend:
+        backend = config.build()
+        started.append(backend)
+        return backend
+
+    yield build
+    for backend in started:
+        await backend.shutdown()

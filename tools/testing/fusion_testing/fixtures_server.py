@@ -361,3 +361,12 @@ async def http_sessions() -> AsyncIterator[HTTPSessionFactory]:
     finally:
         for session in sessions:
             await session.close()
+
+
+def audit_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    """The ``audit`` fields of the ``fusion.audit`` records ``caplog`` captured, in order."""
+    return [
+        record.audit  # type: ignore[attr-defined]
+        for record in caplog.records
+        if record.name == "fusion.audit"
+    ]
