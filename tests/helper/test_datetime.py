@@ -65,3 +65,23 @@ def test_from_iso_invalid(text: str) -> None:
 def test_from_iso_type() -> None:
     with pytest.raises(TypeError, match="expected an ISO 8601 string, got int"):
         from_iso(12)  # type: ignore[arg-type]
+
+
+def test_timestamp_iso_is_what_datetime_writes() -> None:
+    import random
+    from datetime import UTC, datetime
+
+    from fusion.helper.datetime import timestamp_iso
+
+    rng = random.Random(20261202)
+    # Same-second runs (the cached date part), far-apart seconds, and the
+    # fractions where rounding to the microsecond carries into the next second.
+    stamps = [1_764_633_600 + i * 1e-7 for i in range(20_000)]
+    stamps += [rng.uniform(0, 4e9) for _ in range(20_000)]
+    stamps += [1_764_633_600.9999996, 1_764_633_600.9999994, 1_764_633_599.0, 0.0, 1e-7]
+    for stamp in stamps:
+        written = datetime.fromtimestamp(stamp, UTC)
+        assert timestamp_iso(stamp) == written.isoformat(timespec="microseconds"), stamp
+        assert timestamp_iso(stamp, milliseconds=True) == written.isoformat(
+            timespec="milliseconds"
+        ), stamp

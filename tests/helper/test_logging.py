@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -252,3 +253,28 @@ def test_filters_of_the_handler_apply(tmp_path: Path) -> None:
     logger.info("public")
     handler.flush()
     assert [line.split(": ", 1)[1] for line in _lines(logfile)] == ["public"]
+
+
+def test_records_skip_thread_and_process_names_unless_asked_back(tmp_path: Path) -> None:
+    """setup_logging turns the per-record thread and process look-ups off (the
+    formats never write them); a user's handler that wants them turns them on."""
+    setup_logging(level="INFO", json=True, filepath=tmp_path / "fusion.log")
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    logger = get_logger("test.flags")
+    keep = Keep()
+    logger.addHandler(keep)
+    try:
+        logger.info("without")
+        logging.logThreads = logging.logProcesses = True
+        logger.info("with")
+    finally:
+        logger.removeHandler(keep)
+    without, with_ = seen
+    assert (without.thread, without.threadName, without.process) == (None, None, None)
+    assert with_.threadName == threading.current_thread().name
+    assert with_.process == os.getpid()

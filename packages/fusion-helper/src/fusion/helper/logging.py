@@ -31,12 +31,13 @@ import queue
 import re
 import sys
 import threading
-from datetime import UTC, datetime
 from logging.handlers import QueueHandler
 from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from fusion.helper.datetime import timestamp_iso
 
 __all__ = [
     "FusionLogHandler",
@@ -138,7 +139,7 @@ def _encode_json(entry: dict[str, Any]) -> str:
 
 
 def _iso_utc(created: float) -> str:
-    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    return timestamp_iso(created, milliseconds=True)
 
 
 class JsonFormatter(logging.Formatter):
@@ -342,6 +343,12 @@ def setup_logging(
     (returned), whose thread writes to the file or to standard error; handlers
     added to any logger by hand work as usual beside it. Close the handler (or
     let ``logging.shutdown`` do it at exit) to write what is queued.
+
+    Records stop collecting the thread and process names and ids
+    (``logging.logThreads``, ``logProcesses`` and ``logMultiprocessing`` set
+    false): neither format writes them, and they are most of what making a
+    record costs on each request. A handler of your own that shows
+    ``%(process)d`` or ``%(threadName)s`` sets them back to true.
     """
     resolved_level = _level(level)
     use_json = _json(json)
@@ -362,4 +369,5 @@ def setup_logging(
             existing.close()
     root.addHandler(handler)
     root.setLevel(resolved_level)
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     return handler

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
 from uuid import UUID
@@ -32,6 +32,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from fusion.concept import Identity
+from fusion.helper.datetime import timestamp_iso
 
 __all__ = [
     "AUDIT_LOGGER",
@@ -61,7 +62,7 @@ class AuditRecord(msgspec.Struct, kw_only=True):
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible fields, as the ``audit`` attribute holds them."""
         return _audit_dict(
-            self.time,
+            self.time.isoformat(),
             self.who,
             self.action,
             self.granted,
@@ -72,7 +73,7 @@ class AuditRecord(msgspec.Struct, kw_only=True):
 
 
 def _audit_dict(
-    when: datetime,
+    when: str,
     who: str,
     action: str,
     granted: bool,
@@ -81,7 +82,7 @@ def _audit_dict(
     context: dict[str, Any],
 ) -> dict[str, Any]:
     return {
-        "time": when.isoformat(),
+        "time": when,
         "who": who,
         "action": action,
         "granted": granted,
@@ -127,7 +128,7 @@ def trace_user_op(
     )
     # The decision's time is the record's, to the microsecond.
     record.audit = _audit_dict(
-        datetime.fromtimestamp(record.created, UTC),
+        timestamp_iso(record.created),
         who,
         action,
         granted,
