@@ -1,5 +1,6 @@
 """Storage of a Fusion server: the FusionStorage interface and its SQLite default,
-per-object directories for service files, and the synchronizers' sync tree."""
+per-object directories for service files, a service's own SQLite tables, and the
+synchronizers' sync tree."""
 
 from fusion.server.storage.base import (
     CaseConflictError,
@@ -11,6 +12,7 @@ from fusion.server.storage.base import (
 from fusion.server.storage.concept_storage import ConceptStorage
 from fusion.server.storage.sqlite import SQLiteStorage, StorageClosedError
 from fusion.server.storage.sync_tree import SyncState, SyncTree
+from fusion.server.storage.tables import RowExistsError, SQLiteTable
 
 __all__ = [
     "CaseConflictError",
@@ -18,7 +20,9 @@ __all__ = [
     "CaseNotFoundError",
     "ConceptStorage",
     "FusionStorage",
+    "RowExistsError",
     "SQLiteStorage",
+    "SQLiteTable",
     "StorageClosedError",
     "SyncState",
     "SyncTree",
