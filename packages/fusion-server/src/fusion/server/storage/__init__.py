@@ -11,7 +11,7 @@ from fusion.server.storage.base import (
 )
 from fusion.server.storage.concept_storage import ConceptStorage
 from fusion.server.storage.sqlite import SQLiteStorage, StorageClosedError
-from fusion.server.storage.sync_tree import SyncState, SyncTree
+from fusion.server.storage.sync_tree import SyncLayout, SyncState, SyncTree, case_folder_name
 from fusion.server.storage.tables import RowExistsError, SQLiteTable
 
 __all__ = [
@@ -24,7 +24,9 @@ __all__ = [
     "SQLiteStorage",
     "SQLiteTable",
     "StorageClosedError",
+    "SyncLayout",
     "SyncState",
     "SyncTree",
     "VersionedCase",
+    "case_folder_name",
 ]
