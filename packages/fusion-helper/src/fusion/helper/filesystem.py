@@ -291,8 +291,6 @@ def safe_segment(key: str) -> str:
     if not key:
         raise UnsafePathError("empty key")
     shown = repr(key) if len(key) <= 80 else repr(key[:80]) + "..."
-    if key.startswith("."):
-        raise UnsafePathError(f"key {shown} starts with a dot")
     for char in key:
         if char in "/\\":
             raise UnsafePathError(f"key {shown} contains a path separator")
@@ -300,6 +298,8 @@ def safe_segment(key: str) -> str:
             raise UnsafePathError(f"key {shown} contains the control character {char!r}")
         if char in _RESERVED:
             raise UnsafePathError(f"key {shown} contains {char!r}")
+    if key.startswith("."):
+        raise UnsafePathError(f"key {shown} starts with a dot")
     if key != key.strip() or key.endswith("."):
         raise UnsafePathError(f"key {shown} starts or ends with white space or a dot")
     if _WINDOWS_DEVICE.fullmatch(key):
