@@ -13,7 +13,7 @@ from fusion.helper.filesystem import (
     atomic_write,
     atomic_write_async,
     directory_size,
-    disk_usage,
+    filesystem_usage,
     iter_guid_items,
     safe_join,
 )
@@ -34,8 +34,8 @@ def test_iter_guid_items(tmp_path: Path) -> None:
     assert list(iter_guid_items(tmp_path / "missing")) == []
 
 
-def test_disk_usage(tmp_path: Path) -> None:
-    usage = disk_usage(tmp_path)
+def test_filesystem_usage(tmp_path: Path) -> None:
+    usage = filesystem_usage(tmp_path)
     stat = os.statvfs(tmp_path)
     assert usage.total == stat.f_blocks * stat.f_frsize
     assert 0 < usage.free <= usage.total

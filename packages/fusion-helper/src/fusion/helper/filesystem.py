@@ -1,4 +1,5 @@
-"""Filesystem helpers: GUID-named items, disk usage, atomic writes, safe paths and names."""
+"""Filesystem helpers: GUID-named items, sizes and filesystem usage, atomic writes, safe paths
+and names."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,16 +17,17 @@ from typing import NamedTuple
 from uuid import UUID
 
 __all__ = [
-    "DiskUsage",
+    "FilesystemUsage",
     "UnsafePathError",
     "atomic_write",
     "atomic_write_async",
     "directory_size",
-    "disk_usage",
+    "filesystem_usage",
     "fsync_directory",
     "iter_guid_items",
     "safe_filename",
     "safe_join",
+    "safe_segment",
 ]
 
 _GUID_NAME = re.compile(
@@ -39,8 +42,8 @@ class UnsafePathError(ValueError):
     """
 
 
-class DiskUsage(NamedTuple):
-    """Bytes of the filesystem holding a path."""
+class FilesystemUsage(NamedTuple):
+    """Bytes of the whole filesystem holding a path (not of the files under it)."""
 
     total: int
     used: int
@@ -63,14 +66,28 @@ def iter_guid_items(directory: Path | str) -> Iterator[tuple[UUID, Path]]:
         yield UUID(name), base / name
 
 
-def disk_usage(path: Path | str) -> DiskUsage:
-    """Total, used and free bytes of the filesystem holding ``path``."""
+def filesystem_usage(path: Path | str) -> FilesystemUsage:
+    """Total, used and free bytes of the whole filesystem holding ``path``.
+
+    What a service's "space left" check wants; the bytes a directory holds are
+    :func:`directory_size` (the older framework's ``disk_usage``).
+    """
     usage = shutil.disk_usage(path)
-    return DiskUsage(usage.total, usage.used, usage.free)
+    return FilesystemUsage(usage.total, usage.used, usage.free)
 
 
 def directory_size(path: Path | str) -> int:
-    """Bytes of the regular files under ``path`` (symlinks not followed)."""
+    """Bytes of the regular files under ``path`` (symlinks not followed); 0 when missing.
+
+    The older framework called this ``disk_usage``; Fusion has no function of
+    that name (its meaning differed between the two).
+    """
+    try:
+        status = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    if stat.S_ISREG(status.st_mode):
+        return status.st_size
     total = 0
     stack = [os.fspath(path)]
     while stack:
@@ -238,3 +255,59 @@ def safe_filename(name: str | None, fallback: str | None = None) -> str:
     if fallback is None:
         raise UnsafePathError(f"unusable file name {name!r}")
     return fallback
+
+
+_SEGMENT_CATEGORIES = _BREAKING_CATEGORIES | _INVISIBLE_CATEGORIES
+
+
+def safe_segment(key: str) -> str:
+    """``key`` itself, when it is usable as one path segment naming one thing everywhere.
+
+    The one rule set of the keys Fusion's storage names directories by (an
+    analyzer's name, a SHA-256 hex digest, a GUID). Unlike :func:`safe_filename`,
+    which makes a name out of an untrusted claim, this never changes a key: a
+    key either passes as it is or is refused with :class:`UnsafePathError`, so
+    two different keys never end up naming one directory. Refused:
+
+    - anything but a non-empty string; ``.``, ``..`` and every name starting
+      with a dot (hidden names are the temporaries and half-removed trees that
+      storage creates and purges);
+    - ``/`` and ``\\`` (separators), NUL and every control character (C0, DEL,
+      C1), line and paragraph separators, format characters (bidi controls,
+      zero-width marks), lone surrogates;
+    - ``< > : " | ? * ;``, leading or trailing white space, a trailing dot and
+      Windows device names (``CON``, ``nul.txt``): what a Windows or SMB share
+      would refuse or silently change (``;`` as in :func:`safe_filename`);
+    - upper-case letters, and names not in Unicode NFC: on a case-insensitive
+      filesystem (macOS by default, SMB and NTFS mounts) ``Foo`` and ``foo``
+      would be one directory, and macOS changes the normal form of names;
+      lower-case keys name one directory on every filesystem (hex digests
+      from :mod:`hashlib` and ``str(uuid)`` already are; lower a name with
+      ``key.lower()``);
+    - more than 255 UTF-8 bytes (the limit of one name on common filesystems).
+    """
+    if not isinstance(key, str):
+        raise UnsafePathError(f"a key must be a string, not {type(key).__name__}")
+    if not key:
+        raise UnsafePathError("empty key")
+    shown = repr(key) if len(key) <= 80 else repr(key[:80]) + "..."
+    for char in key:
+        if char in "/\\":
+            raise UnsafePathError(f"key {shown} contains a path separator")
+        if unicodedata.category(char) in _SEGMENT_CATEGORIES:
+            raise UnsafePathError(f"key {shown} contains the control character {char!r}")
+        if char in _RESERVED:
+            raise UnsafePathError(f"key {shown} contains {char!r}")
+    if key.startswith("."):
+        raise UnsafePathError(f"key {shown} starts with a dot")
+    if key != key.strip() or key.endswith("."):
+        raise UnsafePathError(f"key {shown} starts or ends with white space or a dot")
+    if _WINDOWS_DEVICE.fullmatch(key):
+        raise UnsafePathError(f"key {shown} is a Windows device name")
+    if key != key.lower():
+        raise UnsafePathError(f"key {shown} has upper-case letters (keys are lower case)")
+    if not unicodedata.is_normalized("NFC", key):
+        raise UnsafePathError(f"key {shown} is not in Unicode NFC")
+    if len(key.encode()) > _MAX_NAME_BYTES:
+        raise UnsafePathError(f"key {shown} is longer than {_MAX_NAME_BYTES} UTF-8 bytes")
+    return key

@@ -1,5 +1,6 @@
 """Storage of a Fusion server: the FusionStorage interface and its SQLite default,
-per-object directories for service files, and the synchronizers' sync tree."""
+per-object directories for service files, a service's own SQLite tables, and the
+synchronizers' sync tree."""
 
 from fusion.server.storage.base import (
     CaseConflictError,
@@ -10,7 +11,8 @@ from fusion.server.storage.base import (
 )
 from fusion.server.storage.concept_storage import ConceptStorage
 from fusion.server.storage.sqlite import SQLiteStorage, StorageClosedError
-from fusion.server.storage.sync_tree import SyncState, SyncTree
+from fusion.server.storage.sync_tree import SyncLayout, SyncState, SyncTree, case_folder_name
+from fusion.server.storage.tables import RowExistsError, SQLiteTable
 
 __all__ = [
     "CaseConflictError",
@@ -18,9 +20,13 @@ __all__ = [
     "CaseNotFoundError",
     "ConceptStorage",
     "FusionStorage",
+    "RowExistsError",
     "SQLiteStorage",
+    "SQLiteTable",
     "StorageClosedError",
+    "SyncLayout",
     "SyncState",
     "SyncTree",
     "VersionedCase",
+    "case_folder_name",
 ]

@@ -18,13 +18,17 @@ from fusion.helper.filesystem import (
     fsync_directory,
     iter_guid_items,
     safe_join,
+    safe_segment,
 )
 
 __all__ = [
     "atomic_write_stream",
     "guid_dir",
     "guid_name",
+    "key_dir",
+    "key_name",
     "list_guid_dirs",
+    "list_key_dirs",
     "purge_leftovers",
     "remove_tree",
 ]
@@ -62,6 +66,39 @@ def guid_dir(root: Path, value: UUID | str) -> Path:
 def list_guid_dirs(root: Path) -> list[UUID]:
     """GUIDs of the sub-directories of ``root`` named by a GUID (sorted)."""
     return [guid for guid, path in iter_guid_items(root) if path.is_dir()]
+
+
+def key_name(key: UUID | str) -> str:
+    """Directory name of a storage key: a UUID's canonical string, or a string that
+    :func:`fusion.helper.filesystem.safe_segment` passes unchanged (else UnsafePathError)."""
+    if isinstance(key, UUID):
+        return str(key)
+    return safe_segment(key)
+
+
+def key_dir(root: Path, key: UUID | str) -> Path:
+    """``root/<key>``, refusing a planted symlink that would lead out of ``root``."""
+    return safe_join(root, key_name(key))
+
+
+def list_key_dirs(root: Path) -> list[str]:
+    """Keys of the sub-directories of ``root`` (sorted).
+
+    Hidden names (temporaries, trees being removed), symlinks, files and names
+    no key could have are left out.
+    """
+    try:
+        with os.scandir(root) as entries:
+            names = [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+    keys = []
+    for name in names:
+        try:
+            keys.append(safe_segment(name))
+        except UnsafePathError:
+            continue
+    return sorted(keys)
 
 
 def remove_tree(path: Path) -> bool:

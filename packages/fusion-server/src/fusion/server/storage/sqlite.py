@@ -53,16 +53,17 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Final, Literal, NamedTuple, TypeVar
+from typing import Final, NamedTuple, TypeVar
 from uuid import UUID
 
 import msgspec
 
 from fusion.concept import Case, Identity, json_decoder
+from fusion.server.storage._sqlite import Synchronous, check_options, connect, open_wal
+from fusion.server.storage._sqlite import transaction as _transaction
 from fusion.server.storage.base import (
     CaseConflictError,
     CaseExistsError,
@@ -87,9 +88,6 @@ _SCHEMA: Final = (
 # Cached answer for "no such case": a 404 under a scan of GUIDs is as hot
 # as a 200, which is also why the cache is bounded (oldest entries go first).
 _MISSING: Final = (b"", 0)
-
-Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
-_SYNCHRONOUS: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
 
 class StorageClosedError(RuntimeError):
@@ -119,13 +117,7 @@ class SQLiteStorage(FusionStorage[CaseT]):
             raise ValueError(f"filename must be a bare file name, not {filename!r}")
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
-        if busy_timeout < 0:
-            raise ValueError("busy_timeout must not be negative")
-        # Interpolated into a PRAGMA (which takes no parameters): only known words pass.
-        if synchronous not in _SYNCHRONOUS:
-            raise ValueError(
-                f"synchronous must be one of {sorted(_SYNCHRONOUS)}, not {synchronous!r}"
-            )
+        check_options(busy_timeout, synchronous)
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / filename
         self.case_type = case_type
@@ -184,26 +176,11 @@ class SQLiteStorage(FusionStorage[CaseT]):
         handles.read_executor.shutdown(wait=False)
 
     def _connect(self, busy_timeout_ms: int) -> sqlite3.Connection:
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE),
-        # never opened behind our back by the sqlite3 module.
-        conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, cached_statements=64
-        )
-        try:
-            conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms:d}")
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return connect(self.path, busy_timeout_ms, self._synchronous)
 
     def _open_writer(self) -> sqlite3.Connection:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        conn = self._connect(self._busy_timeout_ms)
+        conn = open_wal(self.path, self._busy_timeout_ms, self._synchronous)
         try:
-            mode = self._enable_wal(conn)
-            if str(mode).lower() != "wal":
-                raise sqlite3.OperationalError(f"{self.path}: cannot enable WAL (mode {mode})")
             with _transaction(conn):
                 for statement in _SCHEMA:
                     conn.execute(statement)
@@ -222,23 +199,6 @@ class SQLiteStorage(FusionStorage[CaseT]):
             conn.close()
             raise
         return conn
-
-    def _enable_wal(self, conn: sqlite3.Connection) -> object:
-        """``PRAGMA journal_mode=WAL`` (persistent in the file: every later
-        connection, of any process, is WAL), retried for up to ``busy_timeout``.
-
-        The switch takes an exclusive lock that SQLite's busy handler does not
-        wait for: processes opening a new file at once get "database is locked".
-        This runs on the writer thread, never on the event loop.
-        """
-        deadline = time.monotonic() + self._busy_timeout_ms / 1000
-        while True:
-            try:
-                return conn.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() >= deadline:
-                    raise
-            time.sleep(0.02)
 
     # -- plumbing ---------------------------------------------------------------
     async def _write(self, job: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -485,33 +445,3 @@ class _Handles(NamedTuple):
     writer: sqlite3.Connection
     reader: sqlite3.Connection
     probe: sqlite3.Connection
-
-
-class _transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error).
-
-    IMMEDIATE takes the write lock up front, so two processes never both
-    read then fail to upgrade (the deadlock SQLite answers with SQLITE_BUSY
-    without waiting).
-    """
-
-    __slots__ = ("_conn",)
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def __enter__(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        conn = self._conn
-        if exc_type is None:
-            try:
-                conn.execute("COMMIT")
-            except BaseException:
-                # A failed COMMIT leaves the transaction open: the next BEGIN would fail.
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        elif conn.in_transaction:
-            conn.execute("ROLLBACK")

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import os
+import re
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Generic, TypeVar, overload
+from typing import Final, Generic, Literal, TypeVar, overload
 from uuid import UUID
 
 import msgspec
 
-from fusion.concept import Concept, ConceptError, UTCDateTime, utcnow
-from fusion.helper.filesystem import atomic_write, fsync_directory
+from fusion.concept import Case, Concept, ConceptError, UTCDateTime, utcnow
+from fusion.helper.filesystem import atomic_write, fsync_directory, safe_filename, safe_join
 from fusion.server.storage._files import guid_dir, list_guid_dirs, purge_leftovers, remove_tree
 
-__all__ = ["SyncState", "SyncTree"]
+__all__ = ["SyncLayout", "SyncState", "SyncTree", "case_folder_name"]
+
+SyncLayout = Literal["guid", "named"]
+"""``guid``: ``<root>/<case guid>/``; ``named``: ``<root>/[<tsid>] <name>/``."""
+
+# In the named layout: where the states live, and the file naming a folder's case.
+_STATE_DIR: Final = ".fusion-state"
+_MARKER: Final = ".fusion-case"
+_MAX_NAME_BYTES: Final = 255
+_SUFFIXED: Final = re.compile(r".* \(([0-9]+)\)")
 
 
 class SyncState(Concept, kw_only=True):
@@ -31,29 +42,75 @@ class SyncState(Concept, kw_only=True):
     """End of the last sync, successful or not."""
     last_error: str | None = None
     """Why the last sync failed; None after a success."""
+    folder: str | None = None
+    """The case's folder in the ``named`` layout (kept by :class:`SyncTree`)."""
 
 
 SyncStateT = TypeVar("SyncStateT", bound=SyncState)
 
 
-class SyncTree(Generic[SyncStateT]):
-    """``<root>/<case_guid>/`` per case, each with a state file (``state.json``).
+def case_folder_name(case: Case) -> str:
+    """``[<tsid>] <name>`` of a case, safe as one folder name.
 
-    The synchronizer's job keeps whatever it fetches for a case in that case's
-    directory; the state file records the last sync, the last error and the
-    service's own fields, and is replaced atomically. :meth:`prune` removes
-    the directories of cases that no longer exist. Every method runs its file
+    Made safe by :func:`fusion.helper.filesystem.safe_filename` (separators in
+    the tsid or name become ``_``, controls and reserved characters too, at
+    most 255 bytes). A case with no tsid uses its GUID: ``[<guid>] <name>``;
+    a case with no name is ``[<tsid>]``.
+    """
+    tsid = case.tsid or str(case.guid)
+    raw = f"[{tsid}] {case.name}" if case.name else f"[{tsid}]"
+    # safe_filename keeps the last path component: a "/" in a tsid is not a separator here.
+    return safe_filename(raw.replace("/", "_").replace("\\", "_"), fallback=str(case.guid))
+
+
+class SyncTree(Generic[SyncStateT]):
+    """One directory per case for what a synchronizer keeps, and a state file per case.
+
+    Two layouts (``layout``):
+
+    ``guid`` (the default)::
+
+        <root>/<case guid>/state.json     the state, beside the case's files
+
+    ``named``, the human-readable layout services share with analysts::
+
+        <root>/[<tsid>] <name>/           the case's folder (case_folder_name)
+        <root>/[<tsid>] <name>/01 - <section>/   the numbered sections declared
+        <root>/.fusion-state/<case guid>/state.json
+
+    In the named layout the folder follows the case: :meth:`ensure_case_folder`
+    renames it (content kept) when the case's tsid or name changed, and two
+    cases whose names collide get distinct folders (``[T-1] host (2)``). Each
+    folder holds a ``.fusion-case`` file naming its case's GUID, so the tree
+    finds it again after a crash or a rename by hand. One process owns a tree
+    (the synchronizer); it is not meant to be reorganised by several at once.
+
+    The synchronizer's job keeps whatever it fetches for a case in its folder;
+    the state file records the last sync, the last error and the service's
+    own fields, and is replaced atomically. :meth:`prune` removes the folders
+    and states of cases that no longer exist. Every method runs its file
     operations in a worker thread.
     """
 
     @overload
     def __init__(
-        self: SyncTree[SyncState], root: Path | str, *, state_filename: str = ...
+        self: SyncTree[SyncState],
+        root: Path | str,
+        *,
+        state_filename: str = ...,
+        layout: SyncLayout = ...,
+        sections: Sequence[str] = ...,
     ) -> None: ...
 
     @overload
     def __init__(
-        self, root: Path | str, state_type: type[SyncStateT], *, state_filename: str = ...
+        self,
+        root: Path | str,
+        state_type: type[SyncStateT],
+        *,
+        state_filename: str = ...,
+        layout: SyncLayout = ...,
+        sections: Sequence[str] = ...,
     ) -> None: ...
 
     def __init__(
@@ -62,28 +119,53 @@ class SyncTree(Generic[SyncStateT]):
         state_type: type[SyncState] = SyncState,
         *,
         state_filename: str = "state.json",
+        layout: SyncLayout = "guid",
+        sections: Sequence[str] = (),
     ) -> None:
+        """``sections``: labels of the numbered sub-folders every case folder gets,
+        in order (``["evidence", "reports"]``: ``01 - evidence``, ``02 - reports``)."""
         if not state_filename or Path(state_filename).name != state_filename:
             raise ValueError(f"state_filename must be a bare file name, not {state_filename!r}")
         if state_filename.startswith("."):
             # Hidden names are reserved for temporaries that purge_leftovers() deletes.
             raise ValueError(f"state_filename may not start with a dot: {state_filename!r}")
+        if layout not in ("guid", "named"):
+            raise ValueError(f"layout must be 'guid' or 'named', not {layout!r}")
+        for label in sections:
+            if not label or safe_filename(label, fallback="") != label:
+                raise ValueError(f"section label {label!r} is not a safe folder name")
+        if len(set(sections)) != len(sections):
+            raise ValueError(f"section labels repeat: {list(sections)}")
         self.root = Path(root)
         # The overloads tie state_type to SyncStateT; the implementation cannot say so.
         self.state_type: type[SyncStateT] = state_type  # type: ignore[assignment]
         self.state_filename = state_filename
+        self.layout: SyncLayout = layout
+        self.sections: tuple[str, ...] = tuple(sections)
+        self._state_root = self.root if layout == "guid" else self.root / _STATE_DIR
 
     # -- paths ----------------------------------------------------------------------
     def case_dir(self, case_guid: UUID | str) -> Path:
-        """``<root>/<case_guid>`` (GUIDs only; symlinks out of root are refused)."""
-        return guid_dir(self.root, case_guid)
+        """The directory of the case's state: ``<root>/<case_guid>`` in the guid layout
+        (where the case's files go too), ``<root>/.fusion-state/<case_guid>`` in the
+        named one (GUIDs only; symlinks out of root are refused)."""
+        return guid_dir(self._state_root, case_guid)
+
+    def section_name(self, label: str) -> str:
+        """``NN - <label>`` of a declared section (ValueError for another label)."""
+        try:
+            index = self.sections.index(label)
+        except ValueError:
+            raise ValueError(f"{label!r} is not a section of this tree {self.sections}") from None
+        return f"{index + 1:02d} - {label}"
 
     def state_path(self, case_guid: UUID | str) -> Path:
         return self.case_dir(case_guid) / self.state_filename
 
     # -- directories ------------------------------------------------------------------
     async def ensure_case_dir(self, case_guid: UUID | str) -> Path:
-        """Create the case's directory if needed; returns it."""
+        """Create :meth:`case_dir` if needed; returns it (the case's folder in the guid
+        layout; in the named one, use :meth:`ensure_case_folder` for that)."""
         return await asyncio.to_thread(self._ensure_case_dir, case_guid)
 
     def _ensure_case_dir(self, case_guid: UUID | str) -> Path:
@@ -93,13 +175,100 @@ class SyncTree(Generic[SyncStateT]):
             fsync_directory(directory.parent)
         return directory
 
+    async def ensure_case_folder(self, case: Case) -> Path:
+        """The case's folder, created (with its sections) if needed; returns it.
+
+        Guid layout: ``<root>/<guid>``. Named layout: ``<root>/<case_folder_name>``,
+        renamed with its content when the case's tsid or name changed; when that
+        name is another case's (or any other entry's), `` (2)``, `` (3)``... is added.
+        """
+        return await asyncio.to_thread(self._ensure_case_folder, case)
+
+    async def ensure_section(self, case: Case, label: str) -> Path:
+        """``<case folder>/NN - <label>`` of a declared section, created if needed."""
+        name = self.section_name(label)
+        return (await self.ensure_case_folder(case)) / name
+
+    def _ensure_case_folder(self, case: Case) -> Path:
+        if self.layout == "guid":
+            folder = self._ensure_case_dir(case.guid)
+        else:
+            folder = self._ensure_named_folder(case)
+        for label in self.sections:
+            (folder / self.section_name(label)).mkdir(exist_ok=True)
+        return folder
+
+    def _ensure_named_folder(self, case: Case) -> Path:
+        state = self._read_state(case.guid)
+        current = self._find_folder(case.guid, state.folder)
+        desired = case_folder_name(case)
+        if current is not None and _is_variant(current, desired):
+            name = current
+        else:
+            name = self._free_name(desired)
+            target = safe_join(self.root, name)
+            if current is None:
+                target.mkdir(parents=True)
+                atomic_write(target / _MARKER, f"{case.guid}\n".encode())
+            else:
+                # Same directory: an atomic rename, everything in it kept.
+                os.rename(safe_join(self.root, current), target)
+            fsync_directory(self.root)
+        if state.folder != name:
+            state.folder = name
+            self._write_state(case.guid, msgspec.json.format(state.to_json(), indent=2) + b"\n")
+        return safe_join(self.root, name)
+
+    def _find_folder(self, case_guid: UUID, hint: str | None) -> str | None:
+        """Name of the folder whose marker names ``case_guid``: ``hint`` when it still
+        does, else found by reading the markers (after a crash or a rename by hand)."""
+        if hint is not None and self._marker(hint) == case_guid:
+            return hint
+        try:
+            with os.scandir(self.root) as entries:
+                names = sorted(
+                    entry.name
+                    for entry in entries
+                    if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False)
+                )
+        except FileNotFoundError:
+            return None
+        return next((name for name in names if self._marker(name) == case_guid), None)
+
+    def _marker(self, name: str) -> UUID | None:
+        try:
+            return UUID((self.root / name / _MARKER).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _free_name(self, desired: str) -> str:
+        number = 1
+        while True:
+            name = _numbered(desired, number)
+            if not os.path.lexists(self.root / name):
+                return name
+            number += 1
+
     async def enumerate_cases(self) -> list[UUID]:
-        """GUIDs of the cases that have a directory (sorted)."""
-        return await asyncio.to_thread(list_guid_dirs, self.root)
+        """GUIDs of the cases that have a state directory (sorted)."""
+        return await asyncio.to_thread(list_guid_dirs, self._state_root)
 
     async def remove_case(self, case_guid: UUID | str) -> bool:
-        """Remove a case's directory and all it holds; False when it had none."""
-        return await asyncio.to_thread(lambda: remove_tree(self.case_dir(case_guid)))
+        """Remove a case's folder, state and all they hold; False when it had none."""
+        return await asyncio.to_thread(self._remove_case, case_guid)
+
+    def _remove_case(self, case_guid: UUID | str) -> bool:
+        state_dir = self.case_dir(case_guid)
+        removed = False
+        if self.layout == "named":
+            try:
+                hint = self._read_state(case_guid).folder
+            except ConceptError:
+                hint = None  # a broken state file: the markers still say which folder
+            folder = self._find_folder(UUID(str(case_guid)), hint)
+            if folder is not None:
+                removed = remove_tree(safe_join(self.root, folder))
+        return remove_tree(state_dir) or removed
 
     async def prune(self, existing: Iterable[UUID]) -> list[UUID]:
         """Remove the directories of every case not in ``existing``; returns their GUIDs.
@@ -111,8 +280,8 @@ class SyncTree(Generic[SyncStateT]):
 
     def _prune(self, keep: frozenset[UUID]) -> list[UUID]:
         removed = []
-        for case_guid in list_guid_dirs(self.root):
-            if case_guid not in keep and remove_tree(self.case_dir(case_guid)):
+        for case_guid in list_guid_dirs(self._state_root):
+            if case_guid not in keep and self._remove_case(case_guid):
                 removed.append(case_guid)
         return removed
 
@@ -122,7 +291,9 @@ class SyncTree(Generic[SyncStateT]):
 
     def _purge_leftovers(self, older_than: float) -> int:
         removed = purge_leftovers(self.root, older_than)
-        for case_guid in list_guid_dirs(self.root):
+        if self.layout == "named":
+            removed += purge_leftovers(self._state_root, older_than)
+        for case_guid in list_guid_dirs(self._state_root):
             removed += purge_leftovers(self.case_dir(case_guid), older_than)
         return removed
 
@@ -196,3 +367,20 @@ def _aware(when: datetime | None) -> datetime:
 def _describe(error: BaseException) -> str:
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _numbered(desired: str, number: int) -> str:
+    """``desired`` for 1, ``desired (n)`` after, cut so that it stays one name."""
+    if number == 1:
+        return desired
+    suffix = f" ({number})"
+    room = _MAX_NAME_BYTES - len(suffix.encode())
+    return desired.encode()[:room].decode(errors="ignore").rstrip(" .") + suffix
+
+
+def _is_variant(name: str, desired: str) -> bool:
+    """Whether ``name`` is ``desired`` or one of its numbered variants."""
+    if name == desired:
+        return True
+    match = _SUFFIXED.fullmatch(name)
+    return match is not None and name == _numbered(desired, int(match[1]))
