@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CaseEventPublisher"]
 
-_LOGGER = logging.getLogger("fusion.server.event")
+_LOGGER = logging.getLogger(__name__)
 
 
 class CaseEventPublisher:
