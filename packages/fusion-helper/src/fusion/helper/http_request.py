@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import hashlib
 import ipaddress
 import re
+import secrets
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 from uuid import UUID
 
@@ -21,6 +24,7 @@ import msgspec
 from aiohttp.helpers import AppKey
 
 from fusion.concept import Concept, json_decoder
+from fusion.helper.filesystem import _commit_temp, _discard
 from fusion.helper.http_envelope import FusionHTTPError, _BodyAbandonedError
 from fusion.helper.streaming import SizeLimitError, stream_to_file
 
@@ -30,6 +34,8 @@ if TYPE_CHECKING:
 __all__ = [
     "BODY_TIMEOUT",
     "DEFAULT_BODY_TIMEOUT",
+    "DEFAULT_MAX_FIELD_SIZE",
+    "DEFAULT_MAX_PARTS",
     "IPNetwork",
     "UploadedFile",
     "client_ip",
@@ -279,13 +285,59 @@ def client_ip(
     return str(current)
 
 
+_NO_FIELDS: Mapping[str, str] = MappingProxyType({})
+
+DEFAULT_MAX_FIELD_SIZE = 64 * 1024
+"""Bytes of one multipart form field (not the file) at most: 413 past it."""
+DEFAULT_MAX_PARTS = 32
+"""Parts of one multipart body at most (the file included): 413 past it."""
+
+
 class UploadedFile(NamedTuple):
-    """A multipart field saved to disk. ``filename`` is the client's claim: untrusted."""
+    """A multipart upload saved to disk, with the body's other (text) fields.
+
+    ``filename`` and ``content_type`` are the client's claims: untrusted.
+    ``digests`` maps each hash algorithm to the hex digest of the saved bytes.
+    """
 
     path: Path
     size: int
     filename: str | None
     content_type: str | None
+    digests: Mapping[str, str] = _NO_FIELDS
+    fields: Mapping[str, str] = _NO_FIELDS
+
+    @property
+    def sha256(self) -> str:
+        """The SHA-256 (hex) of the saved bytes."""
+        return self.digests["sha256"]
+
+
+def _hashers(algorithms: Sequence[str]) -> dict[str, hashlib._Hash]:
+    hashers = {}
+    for name in dict.fromkeys(("sha256", *algorithms)):
+        try:
+            hasher = hashlib.new(name)
+        except ValueError:
+            raise ValueError(f"unknown hash algorithm {name!r}") from None
+        if hasher.digest_size == 0:  # shake_*: no fixed length to give
+            raise ValueError(f"hash algorithm {name!r} has no fixed digest size")
+        hashers[name] = hasher
+    return hashers
+
+
+async def _read_field(part: aiohttp.BodyPartReader, name: str, max_size: int) -> str:
+    data = bytearray()
+    while chunk := await part.read_chunk():
+        data += chunk
+        if len(data) > max_size:
+            raise FusionHTTPError(
+                413, f"multipart field {name!r} too large: limit is {max_size} bytes"
+            )
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise FusionHTTPError(400, f"multipart field {name!r} is not UTF-8 text") from None
 
 
 async def stream_multipart_to_file(
@@ -294,14 +346,25 @@ async def stream_multipart_to_file(
     *,
     max_size: int,
     field: str = "file",
+    hash_algorithms: Sequence[str] = ("sha256",),
+    max_field_size: int = DEFAULT_MAX_FIELD_SIZE,
+    max_parts: int = DEFAULT_MAX_PARTS,
 ) -> UploadedFile:
-    """Save the multipart field ``field`` to ``path`` without buffering it in memory.
+    """Save the multipart part ``field`` to ``path`` without buffering it in memory.
 
-    Written atomically (temporary file beside ``path``, fsync, rename): on any error,
-    including 413 above ``max_size`` bytes, nothing is left at ``path``. Other fields
-    are skipped. 400 when the body is not multipart or the field is missing; 408
-    when no data came for :data:`BODY_TIMEOUT` seconds.
+    Every part of the body is read, in any order: the file part once (a second
+    one is 400), streamed to disk and hashed as it arrives (SHA-256, plus
+    ``hash_algorithms``, names of :func:`hashlib.new`), and each other part as a
+    text field of at most ``max_field_size`` bytes, in
+    :attr:`UploadedFile.fields` (a name given twice is 400). The file appears
+    at ``path`` once the whole body is read, complete; on any error nothing is
+    left there (nor any staging file) and a previous file at ``path`` is
+    untouched: 413 past ``max_size`` bytes of file, a field past its cap, or
+    more than ``max_parts`` parts; 400 when the body is not multipart/form-data,
+    is malformed, or has no ``field`` part; 408 when no data came for
+    :data:`BODY_TIMEOUT` seconds; a client that goes away mid-body ends it too.
     """
+    hashers = _hashers(hash_algorithms)
     if not request.content_type.startswith("multipart/"):
         raise FusionHTTPError(
             400, f"expected a multipart/form-data body, got {request.content_type}"
@@ -309,37 +372,62 @@ async def stream_multipart_to_file(
     if _body_decoder(request) is not None:
         # Files are compressed in their parts, if at all: a whole encoded body is refused.
         raise FusionHTTPError(415, "an upload must not have a Content-Encoding")
+    path = Path(path)
+    # Published only once every part is read: a bad part after the file must
+    # not leave it (or replace an older one) at ``path``.
+    staged = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
     timeout = _body_timeout(request)
     loop = asyncio.get_running_loop()
+    saved: tuple[int, str | None, str | None] | None = None
+    fields: dict[str, str] = {}
     try:
         async with asyncio.timeout(timeout) as deadline:
+
+            async def chunks(body: aiohttp.BodyPartReader) -> AsyncIterator[bytes]:
+                while chunk := await body.read_chunk():
+                    # An idle timeout: a large file may take long while data flows.
+                    deadline.reschedule(loop.time() + timeout)
+                    for hasher in hashers.values():
+                        hasher.update(chunk)
+                    yield chunk
+
             reader = await request.multipart()
-            while True:
-                part = await reader.next()
-                if part is None:
-                    raise FusionHTTPError(400, f"multipart field {field!r} is missing")
-                if not isinstance(part, aiohttp.BodyPartReader) or part.name != field:
-                    continue  # skipped: next() drains what we did not read
-                filename = part.filename
-                content_type = part.headers.get("Content-Type")
-
-                async def chunks(
-                    body: aiohttp.BodyPartReader = part,
-                ) -> AsyncIterator[bytes]:
-                    while chunk := await body.read_chunk():
-                        # An idle timeout: a large file may take long while data flows.
-                        deadline.reschedule(loop.time() + timeout)
-                        yield chunk
-
-                try:
-                    size = await stream_to_file(chunks(), path, max_size=max_size)
-                except SizeLimitError:
-                    raise FusionHTTPError(
-                        413, f"upload too large: limit is {max_size} bytes"
-                    ) from None
-                return UploadedFile(Path(path), size, filename, content_type)
+            parts = 0
+            while (part := await reader.next()) is not None:
+                parts += 1
+                if parts > max_parts:
+                    raise FusionHTTPError(413, f"too many multipart parts: limit is {max_parts}")
+                if not isinstance(part, aiohttp.BodyPartReader):
+                    raise FusionHTTPError(400, "nested multipart bodies are not accepted")
+                name = part.name
+                if not name:
+                    raise FusionHTTPError(400, "a multipart part has no name")
+                if name == field:
+                    if saved is not None:
+                        raise FusionHTTPError(400, f"multipart field {field!r} given twice")
+                    try:
+                        size = await stream_to_file(chunks(part), staged, max_size=max_size)
+                    except SizeLimitError:
+                        raise FusionHTTPError(
+                            413, f"upload too large: limit is {max_size} bytes"
+                        ) from None
+                    saved = (size, part.filename, part.headers.get("Content-Type"))
+                    continue
+                if name in fields:
+                    raise FusionHTTPError(400, f"multipart field {name!r} given twice")
+                fields[name] = await _read_field(part, name, max_field_size)
+                deadline.reschedule(loop.time() + timeout)
+            if saved is None:
+                raise FusionHTTPError(400, f"multipart field {field!r} is missing")
+        await asyncio.to_thread(_commit_temp, staged, path)
     except TimeoutError:
         raise _late_body(timeout) from None
     except (ValueError, AssertionError, aiohttp.ClientPayloadError) as exc:
         # aiohttp's multipart reader reports malformed bodies with these.
         raise FusionHTTPError(400, f"malformed multipart body: {exc}") from None
+    finally:
+        # Synchronous on purpose: one unlink, and it must run even when cancelled.
+        _discard(staged)
+    size, filename, content_type = saved
+    digests = {name: hasher.hexdigest() for name, hasher in hashers.items()}
+    return UploadedFile(path, size, filename, content_type, digests, fields)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -25,15 +26,20 @@ _LOGGER = logging.getLogger("fusion.server.constant")
 ConstantT = TypeVar("ConstantT", bound=Constant)
 # What identifies one version of the file: a change of any of these means reload.
 _Signature = tuple[int, int, int, int]
+# Seconds between background checks when reload_interval is 0.
+_IDLE_RELOAD_INTERVAL = 1.0
 
 
 class FusionConstantAPI(Generic[ConstantT]):
     """Serves the service's Constant subclass from ``config.path``.
 
-    The file is checked at most every ``reload_interval`` seconds, with one
-    ``stat`` (modification time, size, inode, device), and read again only
-    when that changed. A broken edit keeps the last good constant and logs the
-    error; while no file exists the route answers 503.
+    The file is checked every ``reload_interval`` seconds by a background task
+    (and on ``GET /api/constant``, at most that often), with one ``stat``
+    (modification time, size, inode, device), and read again only when that
+    changed. So :attr:`current`, which a service reads in its own routes, is
+    never older than the interval, whether or not anyone calls the route. A
+    broken edit keeps the last good constant and logs the error; while no file
+    exists the route answers 503 and :attr:`current` is None.
     """
 
     def __init__(
@@ -56,11 +62,30 @@ class FusionConstantAPI(Generic[ConstantT]):
 
     async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         await self.refresh(force=True)
-        yield
+        refresher = asyncio.create_task(self._refresh_forever())
+        try:
+            yield
+        finally:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+
+    async def _refresh_forever(self) -> None:
+        # With reload_interval 0 every request checks the file; the service's
+        # own readers of ``current`` still get a check every second.
+        interval = self.config.reload_interval or _IDLE_RELOAD_INTERVAL
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh(force=True)
+            except Exception:
+                # A background task: nobody else would see this, and the next
+                # check must still run.
+                _LOGGER.exception("checking the constant file %s failed", self.filepath)
 
     @property
     def current(self) -> ConstantT | None:
-        """The last good constant (without checking the file)."""
+        """The last good constant, at most ``reload_interval`` seconds old (no I/O)."""
         return self._constant
 
     def _stat(self) -> _Signature | None:

@@ -7,10 +7,12 @@ from fusion.server.event.api import (
     WebhookNotAllowedError,
 )
 from fusion.server.event.config import FusionEventConfig
+from fusion.server.event.publisher import CaseEventPublisher
 from fusion.server.event.watchers import CaseWatchers
 
 __all__ = [
     "SUBSCRIBE_EVENTS",
+    "CaseEventPublisher",
     "CaseReadAuthorizer",
     "CaseWatchers",
     "FusionEventAPI",

@@ -14,7 +14,6 @@ import msgspec
 from aiohttp import web
 
 from fusion.concept import Case, Event, Identity
-from fusion.helper.config import load_ssl_config
 from fusion.helper.http_envelope import FusionHTTPError
 from fusion.helper.http_request import get_guid
 from fusion.helper.notifier import FusionNotifier, case_channel
@@ -27,8 +26,8 @@ from fusion.server.auth.access import Action
 from fusion.server.auth.api import SESSION_ENDED_CHANNEL, FusionAuthAPI
 from fusion.server.auth.caller import Caller
 from fusion.server.event.config import FusionEventConfig
+from fusion.server.event.publisher import CaseEventPublisher
 from fusion.server.event.watchers import CaseWatchers
-from fusion.server.event.webhook_url import url_under_prefix
 from fusion.server.routing import expect_handler
 
 __all__ = [
@@ -154,7 +153,7 @@ class FusionEventAPI:
         self._store = store
         self._pubsub: FusionPubSub | None = None
         self._own_pubsub = False
-        self._notifier: FusionNotifier | None = None
+        self._publisher: CaseEventPublisher | None = None
         self._watchers: CaseWatchers | None = None
         self._streams: set[_Stream] = set()
         # Streams admitted (being set up or open), for the limits.
@@ -196,17 +195,8 @@ class FusionEventAPI:
             pubsub = FusionPubSub(self._store)
             self._own_pubsub = True
         self._pubsub = pubsub
-        self._notifier = FusionNotifier(
-            pubsub,
-            token=self.config.api_key or "",
-            ssl=load_ssl_config(self.config.webhook_ssl, "event.webhook_ssl"),
-            global_webhook=self.config.webhook,
-            timeout=self.config.webhook_timeout,
-            retries=self.config.webhook_retries,
-            backoff=self.config.webhook_backoff,
-            history=self.config.history,
-            history_ttl=self.config.history_ttl,
-        )
+        # The one publishing path, shared with worker processes (from_config).
+        self._publisher = CaseEventPublisher(self.config, pubsub)
         self._watchers = CaseWatchers(self._store, max_usernames=self.config.max_watchers)
         self._auth = app.get(AUTH)
         if self._may_read is None and self._auth is not None:
@@ -236,8 +226,13 @@ class FusionEventAPI:
         return started(self._pubsub, "FusionEventAPI")
 
     @property
+    def publisher(self) -> CaseEventPublisher:
+        """What :meth:`notify` publishes through (the same as a worker's)."""
+        return started(self._publisher, "FusionEventAPI")
+
+    @property
     def notifier(self) -> FusionNotifier:
-        return started(self._notifier, "FusionEventAPI")
+        return self.publisher.notifier
 
     @property
     def watchers(self) -> CaseWatchers:
@@ -249,9 +244,9 @@ class FusionEventAPI:
 
     # -- services' side ----------------------------------------------------------
     def webhook_allowed(self, url: str) -> bool:
-        """True when ``url`` is under one of the configured prefixes (normalised:
-        see :func:`~fusion.server.event.webhook_url.url_under_prefix`)."""
-        return any(url_under_prefix(url, prefix) for prefix in self.config.webhook_prefixes)
+        """True when ``url`` is under one of the configured prefixes (see
+        :meth:`FusionEventConfig.webhook_allowed`)."""
+        return self.config.webhook_allowed(url)
 
     def check_webhooks(self, urls: list[str]) -> None:
         """Raise :class:`WebhookNotAllowedError` for a URL outside the allowed prefixes.
@@ -269,10 +264,10 @@ class FusionEventAPI:
         """Send ``category`` about ``case`` to its watchers, its webhooks and the global one.
 
         Returns once the event is published; webhooks are posted in the
-        background and never delay the caller.
+        background and never delay the caller. A worker process publishes the
+        same way with :meth:`CaseEventPublisher.from_config`.
         """
-        event = Event(source=self.config.source, category=category, case=case, ext=ext)
-        await self._publish(event, webhooks=True)
+        await self.publisher.notify(category, case, ext)
 
     # -- internals ---------------------------------------------------------------
     def _spawn(self, coro: Any) -> None:
@@ -635,34 +630,14 @@ class FusionEventAPI:
                 _done, stuck = await asyncio.wait(pending, timeout=1.0)
                 if stuck:
                     _LOGGER.warning("%d event tasks still running at shutdown", len(stuck))
-        if self._notifier is not None:
-            await self._notifier.close()
+        if self._publisher is not None:
+            # Shutdown does not wait out slow webhook receivers, as a worker does.
+            await self._publisher.close(grace=1.0)
         if self._own_pubsub and self._pubsub is not None:
             await self._pubsub.close()
 
     async def _publish(self, event: Event[Any], *, webhooks: bool) -> str | None:
-        if not webhooks:
-            return await self.pubsub.publish(
-                case_channel(event.case.guid),
-                event.to_json(),
-                history=self.config.history,
-                history_ttl=self.config.history_ttl,
-            )
-        # Checked again here: a case stored before the prefixes changed keeps its URLs.
-        allowed = [url for url in event.case.webhooks if self.webhook_allowed(url)]
-        try:
-            message_id = await self.notifier.notify(event, allowed)
-            if self.config.events_channel:
-                # Presence events (webhooks=False) would only keep synchronizers busy.
-                await self.pubsub.publish(self.config.events_channel, event.to_json())
-        except StoreUnavailableError as exc:
-            # The change behind the event is done: losing the live event beats
-            # failing the request; the webhooks were started all the same.
-            _LOGGER.warning(
-                "event %s of case %s not published: %s", event.category, event.case.guid, exc
-            )
-            return None
-        return message_id
+        return await self.publisher.publish(event, webhooks=webhooks)
 
 
 def _last_id(kept: list[StoreMessage]) -> str:

@@ -7,6 +7,7 @@ from typing import Annotated
 import msgspec
 
 from fusion.helper.config import ConfigError, TLSConfig, tls_config
+from fusion.server.event.webhook_url import url_under_prefix
 
 __all__ = ["FusionEventConfig"]
 
@@ -61,6 +62,11 @@ class FusionEventConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     """Streams being set up (history and watcher reads) at the same time."""
     shutdown_timeout: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     """Seconds shutdown waits for open streams to end."""
+
+    def webhook_allowed(self, url: str) -> bool:
+        """True when ``url`` is under one of :attr:`webhook_prefixes` (normalised:
+        see :func:`~fusion.server.event.webhook_url.url_under_prefix`)."""
+        return any(url_under_prefix(url, prefix) for prefix in self.webhook_prefixes)
 
     def __post_init__(self) -> None:
         # Checked when the file is read, so a bad CA path is a configuration error.
