@@ -40,6 +40,8 @@ import functools
 import msgspec
 from aiohttp import web
 
+from fusion.helper.http_envelope import envelope_middleware
+from fusion.helper.http_request import read_json
 from fusion.server import FusionServer, FusionServerConfig
 from fusion.server.appkeys import CONFIG
 
@@ -70,8 +72,12 @@ def bare(config: TriageConfig) -> web.Application:
     async def greet(request: web.Request) -> web.Response:
         return web.json_response({"status": 200, "data": config.triage.greeting})
 
-    app = web.Application()
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"status": 200, "data": await read_json(request, 1024)})
+
+    app = web.Application(middlewares=[envelope_middleware()])
     app.router.add_get("/greet", greet)
+    app.router.add_post("/echo", echo)
     return app
 
 
@@ -174,7 +180,7 @@ BAD_APPS = [
     (
         "triage_service:unresolvable",
         2,
-        "--app triage_service:unresolvable: cannot resolve the annotation of 'config':"
+        "--app triage_service:unresolvable: cannot resolve the factory's annotations:"
         " NameError: name 'MissingConfig' is not defined",
     ),
     (
@@ -317,6 +323,35 @@ def test_serve_app_of_a_bare_application_has_the_connection_caps(
         output = _stop(process)
     assert "refusing connections: 1 connections open from 127.0.0.1" in output
     assert "fusion-server stopped (app triage_service:bare)" in output
+
+
+def test_serve_app_of_a_bare_application_has_the_timeouts(
+    tmp_path: Path, service_dir: Path
+) -> None:
+    config = _triage_config(
+        tmp_path,
+        server={"keepalive_timeout": 1, "body_timeout": 1},
+        triage={"greeting": "salut"},
+    )
+    process = ServerProcess(
+        ["--app", "triage_service:bare", "--config", str(config)], cwd=service_dir
+    ).start()
+    try:
+        with _greeted_once_free(process.port) as idle:
+            # Closed by the server after server.keepalive_timeout (aiohttp's own
+            # default, 75 s, would outlast the socket's WAIT-second timeout).
+            assert idle.recv(1) == b""
+        with socket.create_connection(("127.0.0.1", process.port), timeout=20) as slow:
+            slow.sendall(
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100\r\n\r\n{"data": '
+            )
+            # A 408 after server.body_timeout (the default, 30 s, outlasts this socket's 20 s).
+            answer = slow.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert b"request body not received within 1 s" in answer
+    finally:
+        _stop(process)
 
 
 async def test_console_script_finds_the_app_in_the_current_directory_on_embedded_defaults(

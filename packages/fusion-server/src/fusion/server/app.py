@@ -149,16 +149,23 @@ async def serve_app(
 
     The one way the framework serves an application (:meth:`FusionServer.serve`
     and ``fusion-server serve``, with or without ``--app``): the access log,
-    ``max_connections`` and ``max_connections_per_address``, and on a signal
-    ``shutdown_timeout`` seconds for running requests to finish before they
-    are cancelled. ``host`` and ``port`` default to ``server_config``'s. Call
-    it from the main thread (signal handlers).
+    ``max_connections`` and ``max_connections_per_address``,
+    ``keepalive_timeout`` and ``body_timeout`` (unless ``app`` sets its own),
+    and on a signal ``shutdown_timeout`` seconds for running requests to
+    finish before they are cancelled. (``max_body_size`` is the
+    application's ``client_max_size``, set where it is made.) ``host`` and
+    ``port`` default to ``server_config``'s. Call it from the main thread
+    (signal handlers).
     """
+    # An application's own handler_args and BODY_TIMEOUT (FusionServer.build
+    # sets both from the same config) win over these defaults.
+    app.setdefault(BODY_TIMEOUT, server_config.body_timeout)
     runner = web.AppRunner(
         app,
         access_log=_LOGGER.getChild("access") if server_config.access_log else None,
         access_log_class=FusionAccessLogger,
         shutdown_timeout=server_config.shutdown_timeout,
+        keepalive_timeout=server_config.keepalive_timeout,
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

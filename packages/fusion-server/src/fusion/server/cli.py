@@ -251,7 +251,7 @@ class _AppFactory:
             annotation = typing.get_type_hints(annotated).get(parameter.name, FusionServerConfig)
         except Exception as exc:
             raise error(
-                f"cannot resolve the annotation of {parameter.name!r}: {type(exc).__name__}: {exc}"
+                f"cannot resolve the factory's annotations: {type(exc).__name__}: {exc}"
             ) from None
         if not (isinstance(annotation, type) and issubclass(annotation, FusionServerConfig)):
             raise error(
