@@ -34,7 +34,7 @@ from fusion.server.auth.api import FusionAuthAPI
 from fusion.server.auth.backend import FusionAuthBackend
 from fusion.server.auth.config import FusionAuthAPIConfig
 from fusion.server.case.api import FusionCaseAPI
-from fusion.server.config import FusionServerConfig
+from fusion.server.config import FusionServerConfig, ServerConfig
 from fusion.server.constant.api import FusionConstantAPI
 from fusion.server.download.api import FusionDownloadAPI
 from fusion.server.event.api import FusionEventAPI
@@ -44,7 +44,7 @@ from fusion.server.storage import FusionStorage
 from fusion.server.storage.sqlite import SQLiteStorage
 from fusion.server.synchronizer.sync import FusionSynchronizer
 
-__all__ = ["FusionServer", "expect_handler", "limit_connections"]
+__all__ = ["FusionServer", "expect_handler", "limit_connections", "serve_app"]
 
 _LOGGER = logging.getLogger("fusion.server")
 
@@ -96,7 +96,10 @@ class _ConnectionLimiter:
                 # Once per saturation, not once per refused connection.
                 _LOGGER.warning("refusing connections: %s", refusal)
                 self._refusing = True
-            transport.close()
+            # Closed on the next loop iteration: the handler's task then has
+            # started (Python < 3.12 starts it after this call), so it sees the
+            # connection lost instead of failing an assertion in aiohttp.
+            asyncio.get_running_loop().call_soon(transport.close)
             return
         self._refusing = False
         self._open[handler] = address
@@ -133,6 +136,61 @@ def limit_connections(
     # methods of its Server as the connection opens and closes.
     server.connection_made = limiter.connection_made  # type: ignore[method-assign]
     server.connection_lost = limiter.connection_lost  # type: ignore[method-assign]
+
+
+async def serve_app(
+    app: web.Application,
+    server_config: ServerConfig,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM, with the caps and timeouts of ``server_config``.
+
+    The one way the framework serves an application (:meth:`FusionServer.serve`
+    and ``fusion-server serve``, with or without ``--app``): the access log,
+    ``max_connections`` and ``max_connections_per_address``,
+    ``keepalive_timeout`` and ``body_timeout`` (unless ``app`` sets its own),
+    and on a signal ``shutdown_timeout`` seconds for running requests to
+    finish before they are cancelled. (``max_body_size`` is the
+    application's ``client_max_size``, set where it is made.) ``host`` and
+    ``port`` default to ``server_config``'s. Call it from the main thread
+    (signal handlers).
+    """
+    # An application's own handler_args and BODY_TIMEOUT (FusionServer.build
+    # sets both from the same config) win over these defaults.
+    app.setdefault(BODY_TIMEOUT, server_config.body_timeout)
+    runner = web.AppRunner(
+        app,
+        access_log=_LOGGER.getChild("access") if server_config.access_log else None,
+        access_log_class=FusionAccessLogger,
+        shutdown_timeout=server_config.shutdown_timeout,
+        keepalive_timeout=server_config.keepalive_timeout,
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await runner.setup()
+        assert runner.server is not None  # set by setup()
+        limit_connections(
+            runner.server,
+            max_connections=server_config.max_connections,
+            max_per_address=server_config.max_connections_per_address,
+            exempt=server_config.trusted_proxy_networks,
+        )
+        site = web.TCPSite(
+            runner,
+            host or server_config.host,
+            port if port is not None else server_config.port,
+        )
+        await site.start()
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
 
 
 class FusionServer:
@@ -300,40 +358,11 @@ class FusionServer:
                 await store.close()
 
     async def serve(self, *, host: str | None = None, port: int | None = None) -> None:
-        """Serve until SIGINT or SIGTERM, with the caps and timeouts of ``config.server``.
+        """Build the application and serve it until SIGINT or SIGTERM (see :func:`serve_app`).
 
-        Running requests then get ``shutdown_timeout`` seconds to finish before
-        they are cancelled. Call it from the main thread (signal handlers).
+        ``host`` and ``port`` default to ``config.server``'s.
         """
-        server = self.config.server
-        runner = web.AppRunner(
-            self.build(),
-            access_log=_LOGGER.getChild("access") if server.access_log else None,
-            access_log_class=FusionAccessLogger,
-            shutdown_timeout=server.shutdown_timeout,
-        )
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await runner.setup()
-        try:
-            assert runner.server is not None  # set by setup()
-            limit_connections(
-                runner.server,
-                max_connections=server.max_connections,
-                max_per_address=server.max_connections_per_address,
-                exempt=server.trusted_proxy_networks,
-            )
-            site = web.TCPSite(
-                runner, host or server.host, port if port is not None else server.port
-            )
-            await site.start()
-            await stop.wait()
-        finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
-            await runner.cleanup()
+        await serve_app(self.build(), self.config.server, host=host, port=port)
 
     def run(self, *, host: str | None = None, port: int | None = None) -> None:
         """Serve until SIGINT or SIGTERM, then shut down cleanly (see :meth:`serve`)."""

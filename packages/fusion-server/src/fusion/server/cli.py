@@ -1,20 +1,36 @@
-"""The ``fusion-server`` command: serve, hash-password, check-config."""
+"""The ``fusion-server`` command: serve, hash-password, check-config.
+
+``serve`` and ``check-config`` take ``--app package.module:factory``, a
+service's factory: given the configuration decoded with the class its first
+parameter is annotated with, it returns the :class:`FusionServer` or the
+aiohttp application to serve.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import getpass
+import importlib
+import inspect
 import logging
 import os
 import secrets
 import sys
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
+from aiohttp import web
+
+from fusion.helper.config import did_you_mean
 from fusion.helper.logging import setup_logging
 from fusion.server.__about__ import __version__
-from fusion.server.app import FusionServer
+from fusion.server.app import FusionServer, serve_app
+from fusion.server.appkeys import STORE
 from fusion.server.auth.basic import hash_password
 from fusion.server.config import ConfigError, FusionServerConfig, decode_config, load_config
 
@@ -26,6 +42,10 @@ ADMIN_PASSWORD_ENV = "FUSION_ADMIN_PASSWORD"  # noqa: S105 - a variable name
 _ADMIN_HASH_FILE = "admin.hash"
 _EXIT_CONFIG = 2
 _EXIT_RUNTIME = 1
+
+ConfigT = TypeVar("ConfigT", bound=FusionServerConfig)
+# The sections every FusionServerConfig has that are not APIs.
+_BASE_SECTIONS = ("server", "shared_store", "storage")
 
 
 class CommandError(Exception):
@@ -72,12 +92,23 @@ def _admin_password_hash(data_dir: Path) -> str:
     return encoded
 
 
-def embedded_config(data_dir: Path) -> FusionServerConfig:
+@overload
+def embedded_config(data_dir: Path) -> FusionServerConfig: ...
+
+
+@overload
+def embedded_config(data_dir: Path, config_type: type[ConfigT]) -> ConfigT: ...
+
+
+def embedded_config(
+    data_dir: Path, config_type: type[FusionServerConfig] = FusionServerConfig
+) -> FusionServerConfig:
     """The configuration of ``fusion-server serve`` without ``--config``.
 
     memory:// store, SQLite in ``data_dir``, basic auth with one ``admin``
     (group ``admins``, who may delete), info, constant (``data_dir/constant.yml``),
-    case, event and download APIs.
+    case, event and download APIs; decoded into ``config_type`` (a service's
+    subclass: its own sections take their defaults).
     """
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -108,21 +139,21 @@ def embedded_config(data_dir: Path) -> FusionServerConfig:
         "event": {"source": "fusion"},
         "download": {"roots": [str(data_dir)]},
     }
-    return decode_config(data, FusionServerConfig, source="embedded defaults")
+    return decode_config(data, config_type, source="embedded defaults")
 
 
 def _summary(config: FusionServerConfig) -> str:
+    framework = FusionServerConfig.__struct_fields__
     apis = [
         name
-        for name in ("auth", "info", "constant", "case")
-        if getattr(config, name, None) is not None
+        for name in framework
+        if name not in _BASE_SECTIONS and getattr(config, name) is not None
     ]
-    # Sections that services or later APIs add (events, downloads...) too.
-    apis += [
+    # A service's own sections (a subclass of FusionServerConfig).
+    own = [
         name
         for name in config.__struct_fields__
-        if name not in ("server", "shared_store", "storage", "auth", "info", "constant", "case")
-        and getattr(config, name) is not None
+        if name not in framework and getattr(config, name) is not None
     ]
     parts = [
         f"store {config.shared_store.url}",
@@ -136,16 +167,147 @@ def _summary(config: FusionServerConfig) -> str:
             f"federation key {'yes' if config.auth.federation is not None else 'no'}"
         )
     parts.append("APIs: " + (", ".join(apis) or "none"))
+    if own:
+        parts.append("service sections: " + ", ".join(own))
     return "; ".join(parts)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    if args.config is not None:
-        config: FusionServerConfig = load_config(args.config)
-        if args.data_dir is not None:
-            config.storage.data_dir = str(args.data_dir)
+def _kind(value: object) -> str:
+    """What a value is, for an error message: ``None``, ``a dict``, ``a coroutine``."""
+    if value is None:
+        return "None"
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
+@dataclass(frozen=True)
+class _AppFactory:
+    """The service factory named by ``--app package.module:factory``."""
+
+    reference: str
+    factory: Callable[[Any], object]
+    config_type: type[FusionServerConfig]
+
+    @classmethod
+    def load(cls, reference: str) -> _AppFactory:
+        """Import the factory and find its configuration class (CommandError, exit 2)."""
+
+        def error(message: str) -> CommandError:
+            return CommandError(f"--app {reference}: {message}", _EXIT_CONFIG)
+
+        module_name, _, attribute = reference.partition(":")
+        if not module_name or not attribute or any(not part for part in attribute.split(".")):
+            raise CommandError(
+                f"--app {reference!r}: expected package.module:factory", _EXIT_CONFIG
+            )
+        # Like ``python -m``: modules of the current directory are found, even
+        # from the console script (whose sys.path does not have it).
+        cwd = os.getcwd()
+        if cwd not in sys.path and "" not in sys.path:
+            sys.path.insert(0, cwd)
+        try:
+            target: object = importlib.import_module(module_name)
+        except Exception as exc:
+            raise error(f"cannot import {module_name}: {type(exc).__name__}: {exc}") from None
+        for index, name in enumerate(attribute.split(".")):
+            if not hasattr(target, name):
+                owner = ".".join([module_name, *attribute.split(".")[:index]])
+                known = [known for known in dir(target) if not known.startswith("_")]
+                raise error(f"{owner} has no attribute {name!r}{did_you_mean(name, known)}")
+            target = getattr(target, name)
+        if not callable(target):
+            raise error(f"{attribute} is {_kind(target)}, not a callable")
+        return cls(reference, target, cls._config_type(target, error))
+
+    @staticmethod
+    def _config_type(
+        factory: Callable[..., object], error: Callable[[str], CommandError]
+    ) -> type[FusionServerConfig]:
+        """The annotation of the factory's first parameter; FusionServerConfig without one."""
+        try:
+            signature = inspect.signature(factory)
+        except (TypeError, ValueError):
+            return FusionServerConfig  # a builtin: nothing to inspect
+        try:
+            signature.bind(None)
+        except TypeError:
+            raise error(
+                f"the factory must take the configuration as its one argument"
+                f" (its signature is {signature})"
+            ) from None
+        parameter = next(iter(signature.parameters.values()))
+        if parameter.annotation is inspect.Parameter.empty:
+            return FusionServerConfig
+        # Where the annotations are: a class's __init__ (signature() left out
+        # ``self``), a partial's function, a callable object's __call__.
+        annotated: object = factory
+        if inspect.isclass(factory):
+            annotated = factory.__init__
+        elif isinstance(factory, functools.partial):
+            annotated = factory.func
+        elif not inspect.isroutine(factory):
+            annotated = type(factory).__call__
+        try:
+            annotation = typing.get_type_hints(annotated).get(parameter.name, FusionServerConfig)
+        except Exception as exc:
+            raise error(
+                f"cannot resolve the factory's annotations: {type(exc).__name__}: {exc}"
+            ) from None
+        if not (isinstance(annotation, type) and issubclass(annotation, FusionServerConfig)):
+            raise error(
+                f"the configuration parameter {parameter.name!r} is annotated"
+                f" {getattr(annotation, '__name__', annotation)!s},"
+                " not a FusionServerConfig subclass"
+            )
+        return annotation
+
+    def make(self, config: FusionServerConfig) -> FusionServer | web.Application:
+        """Call the factory (CommandError, exit 1, when it raises or returns something else)."""
+        try:
+            made = self.factory(config)
+        except Exception as exc:
+            _LOGGER.debug("the factory of %s raised", self.reference, exc_info=True)
+            raise CommandError(
+                f"--app {self.reference}: the factory raised {type(exc).__name__}: {exc}"
+            ) from None
+        if isinstance(made, FusionServer | web.Application):
+            return made
+        hint = ""
+        if inspect.iscoroutine(made):
+            made.close()  # never awaited: no "was never awaited" warning
+            hint = " (an async def factory? make it a plain function)"
+        raise CommandError(
+            f"--app {self.reference}: the factory returned {_kind(made)}{hint},"
+            " not a FusionServer or an aiohttp web.Application"
+        )
+
+
+def _read_config(
+    file: Path | None, data_dir: Path | None, config_type: type[FusionServerConfig]
+) -> FusionServerConfig:
+    if file is None:
+        return embedded_config(Path(data_dir or "fusion-data"), config_type)
+    config = load_config(file, config_type)
+    if data_dir is not None:
+        config.storage.data_dir = str(data_dir)
+    return config
+
+
+async def _serve_until_stopped(
+    app: _AppFactory | None, config: FusionServerConfig, host: str, port: int
+) -> None:
+    made = FusionServer(config) if app is None else app.make(config)
+    if isinstance(made, FusionServer):
+        await made.serve(host=host, port=port)
     else:
-        config = embedded_config(Path(args.data_dir or "fusion-data"))
+        await serve_app(made, config.server, host=host, port=port)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    app = _AppFactory.load(args.app) if args.app is not None else None
+    config = _read_config(
+        args.config, args.data_dir, app.config_type if app is not None else FusionServerConfig
+    )
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     try:
@@ -153,9 +315,14 @@ def _serve(args: argparse.Namespace) -> int:
         log_handler = setup_logging()
     except (ValueError, OSError) as exc:
         raise CommandError(f"logging: {exc}", _EXIT_CONFIG) from None
-    _LOGGER.info("fusion-server %s on http://%s:%d (%s)", __version__, host, port, _summary(config))
+    named = f"app {app.reference}" if app is not None else ""
+    summary = f"{named}; {_summary(config)}" if named else _summary(config)
+    _LOGGER.info("fusion-server %s on http://%s:%d (%s)", __version__, host, port, summary)
     try:
-        FusionServer(config).run(host=host, port=port)
+        asyncio.run(_serve_until_stopped(app, config, host, port))
+        _LOGGER.info("fusion-server stopped%s", f" ({named})" if named else "")
+    except CommandError:
+        raise
     except OSError as exc:
         raise CommandError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
     except Exception as exc:
@@ -182,11 +349,40 @@ def _hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _build(app: _AppFactory, config: FusionServerConfig) -> None:
+    """Call the factory and build its application, starting nothing (check-config)."""
+    made = app.make(config)
+    if not isinstance(made, FusionServer):
+        return
+    try:
+        built = made.build()
+    except Exception as exc:
+        _LOGGER.debug("building %s failed", app.reference, exc_info=True)
+        raise CommandError(
+            f"--app {app.reference}: cannot build the application: {type(exc).__name__}: {exc}"
+        ) from None
+    # Built, never started: the store holds no connection yet, close it anyway.
+    await built[STORE].close()
+
+
 def _check_config(args: argparse.Namespace) -> int:
-    config: FusionServerConfig = load_config(args.file)
+    app = _AppFactory.load(args.app) if args.app is not None else None
+    config = load_config(args.file, app.config_type if app is not None else FusionServerConfig)
+    built = ""
+    if app is not None:
+        asyncio.run(_build(app, config))
+        built = f"; app {app.reference} builds"
     server = config.server
-    print(f"{args.file}: ok: listen {server.host}:{server.port}; {_summary(config)}")
+    print(f"{args.file}: ok: listen {server.host}:{server.port}; {_summary(config)}{built}")
     return 0
+
+
+_APP_HELP = (
+    "a service's factory, package.module:factory: a callable given the configuration"
+    " (decoded with the FusionServerConfig subclass its first parameter is annotated"
+    " with) returning a FusionServer or an aiohttp web.Application. The module is"
+    " imported from the current directory (as python -m does) or PYTHONPATH"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -195,7 +391,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve = commands.add_parser("serve", help="serve the APIs (embedded defaults without --config)")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the APIs, or a service's (--app); embedded defaults without --config",
+        description="Serve the generic case-management service, or a service's own (--app).",
+    )
+    serve.add_argument("--app", metavar="MODULE:FACTORY", help=_APP_HELP)
     serve.add_argument("--config", type=Path, help="configuration file (YAML, JSON or TOML)")
     serve.add_argument("--host", help="address to listen on (overrides server.host)")
     serve.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
@@ -207,7 +408,13 @@ def _parser() -> argparse.ArgumentParser:
         "hash-password", help="print the argon2id hash of a password read from stdin or a prompt"
     )
     hashing.set_defaults(run=_hash_password)
-    check = commands.add_parser("check-config", help="validate a configuration file")
+    check = commands.add_parser(
+        "check-config",
+        help="validate a configuration file",
+        description="Validate a configuration file; with --app, with the service's"
+        " configuration class, and call its factory to build (never start) its application.",
+    )
+    check.add_argument("--app", metavar="MODULE:FACTORY", help=_APP_HELP)
     check.add_argument("file", type=Path)
     check.set_defaults(run=_check_config)
     return parser
