@@ -34,8 +34,9 @@ from fusion_testing.fixtures_server import (
     write_config,
 )
 
-from fusion.concept import Case, Identity
+from fusion.concept import Case
 from fusion.server import FusionCaseAPI, FusionServer
+from fusion.server.case import CaseContext
 from fusion.server.storage import CaseConflictError, SQLiteStorage, VersionedCase
 
 TRIALS = 10
@@ -224,7 +225,7 @@ class OtherReplicaCaseAPI(FusionCaseAPI[Case]):
         self.remove_robots = False
 
     async def update_case_impl(
-        self, identity: Identity, case: Case, *, expected_version: int
+        self, ctx: CaseContext, case: Case, *, expected_version: int
     ) -> Case:
         self.calls += 1
         other = await self.storage.retrieve_case(case.guid)
@@ -233,7 +234,7 @@ class OtherReplicaCaseAPI(FusionCaseAPI[Case]):
         if self.remove_robots:
             other.acs = {"analysts"}
         await self.storage.update_case(other)
-        return await super().update_case_impl(identity, case, expected_version=expected_version)
+        return await super().update_case_impl(ctx, case, expected_version=expected_version)
 
 
 class OtherReplicaServer(FusionServer):

@@ -16,6 +16,7 @@ from fusion.helper.store import SharedStore
 if TYPE_CHECKING:
     from fusion.helper.pubsub import FusionPubSub
     from fusion.server.auth.api import FusionAuthAPI
+    from fusion.server.case.api import FusionCaseAPI
     from fusion.server.config import FusionServerConfig
     from fusion.server.constant.api import FusionConstantAPI
     from fusion.server.download.api import FusionDownloadAPI
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUTH",
+    "CASE_API",
     "CONFIG",
     "CONSTANT",
     "DOWNLOADS",
@@ -46,6 +48,8 @@ STORE: web.AppKey[SharedStore] = web.AppKey("fusion_store", SharedStore)
 PUBSUB: web.AppKey[FusionPubSub] = web.AppKey("fusion_pubsub")
 STORAGE: web.AppKey[FusionStorage[Any]] = web.AppKey("fusion_storage")
 AUTH: web.AppKey[FusionAuthAPI] = web.AppKey("fusion_auth")
+CASE_API: web.AppKey[FusionCaseAPI[Any]] = web.AppKey("fusion_case_api")
+"""The case API, so a service's route finds :meth:`FusionCaseAPI.authorize_case`."""
 CONSTANT: web.AppKey[FusionConstantAPI[Any]] = web.AppKey("fusion_constant")
 EVENTS: web.AppKey[CaseEventSink] = web.AppKey("fusion_events")
 DOWNLOADS: web.AppKey[FusionDownloadAPI] = web.AppKey("fusion_downloads")

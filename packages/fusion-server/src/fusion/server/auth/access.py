@@ -9,7 +9,7 @@ from typing import Any
 
 from fusion.concept import Case, Identity
 
-__all__ = ["Access", "Action", "can_access_case", "can_delete"]
+__all__ = ["Access", "Action", "can_access_case", "can_delete", "closed_case_refusal"]
 
 
 class Access(Enum):
@@ -26,7 +26,9 @@ class Action:
     ``change`` needs change access to the case; ``delete`` also needs the
     delete right; ``federation`` is reserved to the federation key. ``context``
     carries what a service's ``authorize_impl`` hook wants to look at (and what
-    the audit record shows).
+    the audit record shows). A change action on a closed case is refused
+    (:func:`closed_case_refusal`) unless it is ``allow_closed``: the case API
+    sets it for deleting a case and for the update that reopens it.
     """
 
     name: str
@@ -34,6 +36,7 @@ class Action:
     delete: bool = False
     federation: bool = False
     context: dict[str, Any] = field(default_factory=dict)
+    allow_closed: bool = False
 
 
 def can_access_case(identity: Identity, case: Case) -> Access | None:
@@ -55,3 +58,15 @@ def can_access_case(identity: Identity, case: Case) -> Access | None:
 def can_delete(identity: Identity, allowed: Collection[str]) -> bool:
     """True when the identity's username or one of its groups is in ``allowed``."""
     return not identity.acs.isdisjoint(allowed)
+
+
+def closed_case_refusal(action: Action, case: Case) -> str | None:
+    """Why ``action`` may not run on ``case`` because the case is closed (None: it may).
+
+    Every caller, the federation key included, must reopen a closed case
+    (``"closed": null``) before changing it; reading it, deleting it and
+    actions marked ``allow_closed`` are not concerned.
+    """
+    if case.closed is None or not action.change or action.allow_closed:
+        return None
+    return f'case {case.guid} is closed: reopen it with "closed": null first'

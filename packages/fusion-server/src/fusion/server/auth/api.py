@@ -18,7 +18,13 @@ from fusion.helper.store import SharedStore, StoreUnavailableError
 from fusion.helper.tracing import AUDIT_LOGGER, trace_user_op
 from fusion.server._lifecycle import started
 from fusion.server.appkeys import AUTH, CONFIG, STORAGE, STORE
-from fusion.server.auth.access import Access, Action, can_access_case, can_delete
+from fusion.server.auth.access import (
+    Access,
+    Action,
+    can_access_case,
+    can_delete,
+    closed_case_refusal,
+)
 from fusion.server.auth.backend import (
     BackendUnavailableError,
     BearerGrant,
@@ -256,7 +262,11 @@ class FusionAuthAPI:
     ) -> Identity:
         """Authenticate, then check ``action`` (on ``case``) for the caller.
 
-        401 without credentials; 403 when refused. Every decision is audited.
+        401 without credentials; 403 when refused: no access to ``case``,
+        read-only access for a change, a change of a closed case (see
+        :func:`~fusion.server.auth.access.closed_case_refusal`), the delete
+        right missing, or :meth:`authorize_impl` saying no. Every decision is
+        audited.
         """
         caller = await self.caller(request)
         identity = caller.identity
@@ -278,6 +288,8 @@ class FusionAuthAPI:
                 return "access to this case denied"
             if action.change and access is Access.READ:
                 return "read-only access to this case"
+        if action.change and case is not None and (closed := closed_case_refusal(action, case)):
+            return closed
         if action.delete and not self.can_delete(caller):
             return "delete right required"
         return None

@@ -7,6 +7,7 @@ from fusion.server.case.api import (
     ENUMERATE_CASES,
     RETRIEVE_CASE,
     UPDATE_CASE,
+    CaseContext,
     FusionCaseAPI,
 )
 from fusion.server.case.config import FusionCaseAPIConfig
@@ -18,6 +19,7 @@ __all__ = [
     "ENUMERATE_CASES",
     "RETRIEVE_CASE",
     "UPDATE_CASE",
+    "CaseContext",
     "FusionCaseAPI",
     "FusionCaseAPIConfig",
 ]

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 from uuid import UUID
 
+import msgspec
 from aiohttp import web
 
 from fusion.concept import Case, ConceptError, Identity
 from fusion.helper.http_envelope import FusionHTTPError, json_response
 from fusion.helper.http_request import get_guid, read_concept, read_json
 from fusion.server._lifecycle import started
-from fusion.server.appkeys import AUTH, CONSTANT, EVENTS, STORAGE, CaseEventSink
+from fusion.server.appkeys import AUTH, CASE_API, CONSTANT, EVENTS, STORAGE, CaseEventSink
 from fusion.server.auth.access import Action
 from fusion.server.auth.api import FusionAuthAPI
+from fusion.server.auth.caller import Caller
 from fusion.server.case.config import FusionCaseAPIConfig
 from fusion.server.event.api import FusionEventAPI, WebhookNotAllowedError
 from fusion.server.routing import expect_handler
@@ -37,6 +40,7 @@ __all__ = [
     "ENUMERATE_CASES",
     "RETRIEVE_CASE",
     "UPDATE_CASE",
+    "CaseContext",
     "FusionCaseAPI",
 ]
 
@@ -49,7 +53,9 @@ ENUMERATE_CASES = Action("enumerate_cases")
 CREATE_CASE = Action("create_case", change=True)
 RETRIEVE_CASE = Action("retrieve_case")
 UPDATE_CASE = Action("update_case", change=True)
-DELETE_CASE = Action("delete_case", change=True, delete=True)
+# The update sending "closed": null: the one change a closed case accepts, beside delete.
+_REOPEN_CASE = Action(UPDATE_CASE.name, change=True, allow_closed=True)
+DELETE_CASE = Action("delete_case", change=True, delete=True, allow_closed=True)
 ATTACH_CASE = Action("attach_case", change=True, federation=True)
 
 _DEFAULT_MAX_BODY = 1024 * 1024
@@ -78,12 +84,50 @@ def _case_guid(request: web.Request) -> UUID:
     return get_guid(request)
 
 
+class CaseContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What a case hook knows of the request it serves, built once per request.
+
+    - ``request``: the aiohttp request;
+    - ``caller``: the authenticated :class:`~fusion.server.auth.caller.Caller`
+      (``identity`` and ``federation`` are shortcuts to its fields);
+    - ``changes``: for an update, its body as sent, read-only, before it is
+      applied (None for every other hook);
+    - ``ext``: a dict the hook may fill; what it holds when the request
+      succeeds is the ``ext`` of the case event the framework emits for it
+      (create_case, update_case, delete_case, attach_case; for attach the
+      framework's ``previous_guid`` is added to it). The event of a request
+      whose hook left ``ext`` empty carries ``"ext": null``.
+
+    A hook refuses the request with a reason by raising
+    :class:`~fusion.helper.http_envelope.FusionHTTPError` (answered in the
+    envelope, with its status and message) before it stores anything.
+    """
+
+    request: web.Request
+    caller: Caller
+    changes: Mapping[str, Any] | None = None
+    ext: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    @property
+    def identity(self) -> Identity:
+        """Who is calling (``caller.identity``, frozen)."""
+        return self.caller.identity
+
+    @property
+    def federation(self) -> bool:
+        """Whether the caller is the federation key (``caller.federation``)."""
+        return self.caller.federation
+
+
 class FusionCaseAPI(Generic[CaseT]):
     """Every case route, working out of the box on the server's storage.
 
     A service overrides the ``*_impl`` hooks to add its own logic (create
-    working directories, refuse some updates...) and :meth:`check_webhook_url`
-    to restrict webhooks. Authorization, validation and events stay here.
+    working directories, refuse some updates, add ``ext`` to the events...)
+    and :meth:`check_webhook_url` to restrict webhooks. Each hook gets the
+    request's :class:`CaseContext` first, and cases that are the request's own
+    copies (a hook may change them). Authorization, validation and events stay
+    here; a service's own routes authorize with :meth:`authorize_case`.
 
     Update and delete are a compare-and-swap on the case's stored version:
     read the case and its version, authorize on what was read, change it,
@@ -114,6 +158,7 @@ class FusionCaseAPI(Generic[CaseT]):
     # -- wiring ---------------------------------------------------------------
     def setup(self, app: web.Application) -> None:
         self._app = app
+        app[CASE_API] = self
         app.router.add_get("/api/cases", self.enumerate_cases, expect_handler=expect_handler)
         app.router.add_post("/api/case", self.create_case, expect_handler=expect_handler)
         app.router.add_get(
@@ -145,39 +190,47 @@ class FusionCaseAPI(Generic[CaseT]):
         return started(self._storage, "FusionCaseAPI")
 
     # -- hooks ------------------------------------------------------------------
-    async def enumerate_cases_impl(self, identity: Identity) -> list[CaseT]:
+    async def enumerate_cases_impl(self, ctx: CaseContext) -> list[CaseT]:
         """Every case (the API keeps those the caller may read)."""
         return await self.storage.enumerate_cases()
 
-    async def retrieve_case_impl(self, case_guid: UUID) -> VersionedCase[CaseT] | None:
-        """The stored case and its version (the ETag, and what update and delete expect)."""
+    async def retrieve_case_impl(
+        self, ctx: CaseContext, case_guid: UUID
+    ) -> VersionedCase[CaseT] | None:
+        """The stored case and its version (the ETag, and what update and delete expect).
+
+        Every route on one case reads it here, before authorizing on it: the
+        caller is authenticated but not yet authorized.
+        """
         return await self.storage.retrieve_versioned_case(case_guid)
 
-    async def create_case_impl(self, identity: Identity, case: CaseT) -> CaseT:
-        """Store a validated new case; raise FusionHTTPError to refuse it."""
+    async def create_case_impl(self, ctx: CaseContext, case: CaseT) -> CaseT:
+        """Store a validated new case; raise FusionHTTPError before storing to refuse it."""
         await self.storage.create_case(case)
         return case
 
     async def update_case_impl(
-        self, identity: Identity, case: CaseT, *, expected_version: int
+        self, ctx: CaseContext, case: CaseT, *, expected_version: int
     ) -> CaseT:
         """Store ``case``, already updated and validated, if still at ``expected_version``.
 
-        Let :class:`CaseConflictError` through: the API then reads the case
-        again and retries the whole update.
+        ``ctx.changes`` is what the caller sent. Let :class:`CaseConflictError`
+        through: the API then reads the case again and retries the whole
+        update, this hook included (with the same ``ctx``).
         """
         await self.storage.update_case(case, expected_version=expected_version)
         return case
 
     async def delete_case_impl(
-        self, identity: Identity, case: CaseT, *, expected_version: int
+        self, ctx: CaseContext, case: CaseT, *, expected_version: int
     ) -> bool:
         """Delete ``case`` if still at ``expected_version`` (conflicts as for updates)."""
         return await self.storage.delete_case(case.guid, expected_version=expected_version)
 
     async def attach_case_impl(
-        self, identity: Identity, case: CaseT, next_case_guid: UUID
+        self, ctx: CaseContext, case: CaseT, next_case_guid: UUID
     ) -> CaseT | None:
+        """Move ``case`` under ``next_case_guid``: the moved case (None: it was gone)."""
         return await self.storage.attach_case(case.guid, next_case_guid)
 
     def check_webhook_url(self, url: str) -> str | None:
@@ -225,10 +278,18 @@ class FusionCaseAPI(Generic[CaseT]):
         except Exception:
             _LOGGER.exception("cannot notify %s of case %s", category, case.guid)
 
-    async def _existing_case(self, case_guid: UUID) -> VersionedCase[CaseT]:
-        found = await self.retrieve_case_impl(case_guid)
+    async def _context(self, request: web.Request) -> CaseContext:
+        """The request's context: 401 in the envelope without credentials."""
+        return CaseContext(request=request, caller=await self.auth.caller(request))
+
+    async def _authorized_case(
+        self, ctx: CaseContext, action: Action, case_guid: UUID
+    ) -> VersionedCase[CaseT]:
+        """Read the case (404), then authorize ``action`` on it (403, audited once)."""
+        found = await self.retrieve_case_impl(ctx, case_guid)
         if found is None:
             raise FusionHTTPError(404, f"case {case_guid} not found")
+        await self.auth.authorize(ctx.request, action, found.case)
         return found
 
     @asynccontextmanager
@@ -249,64 +310,83 @@ class FusionCaseAPI(Generic[CaseT]):
 
     async def _change_case(
         self,
-        request: web.Request,
+        ctx: CaseContext,
         case_guid: UUID,
         action: Action,
-        change: Callable[[Identity, CaseT, int], Awaitable[_R]],
+        change: Callable[[CaseT, int], Awaitable[_R]],
     ) -> tuple[_R, int]:
-        """Read, authorize on what was read, check If-Match, ``change(identity, case,
-        version)``; all again when the change raises CaseConflictError.
+        """Read, authorize on what was read, check If-Match, ``change(case, version)``;
+        all again when the change raises CaseConflictError.
 
         Returns what the change returned and the version it was given.
         """
         attempts = self.config.update_attempts
         async with self._case_lock(case_guid):
             for attempt in range(1, attempts + 1):
-                case, version = await self._existing_case(case_guid)
-                identity = await self.auth.authorize(request, action, case)
-                _check_if_match(request, case_guid, version)
+                case, version = await self._authorized_case(ctx, action, case_guid)
+                _check_if_match(ctx.request, case_guid, version)
                 try:
-                    return await change(identity, case, version), version
+                    return await change(case, version), version
                 except CaseConflictError as exc:
                     _LOGGER.debug("attempt %d of %d failed: %s", attempt, attempts, exc)
         raise FusionHTTPError(
             409, f"case {case_guid} kept changing during {attempts} attempts: try again"
         )
 
+    # -- for a service's own routes ----------------------------------------------
+    async def authorize_case(
+        self, request: web.Request, action: Action, case_guid: UUID | None = None
+    ) -> CaseT:
+        """The case a service route works on, once ``action`` is authorized on it.
+
+        ``case_guid`` defaults to the ``{case_guid}`` of the route's path (400
+        when it is not a canonical GUID). Answers 401 without credentials,
+        404 when the case does not exist, 403 without access to it, with
+        read-only access for a ``change`` action, for a ``change`` action on a
+        closed case (unless ``allow_closed``), or when
+        :meth:`FusionAuthAPI.authorize_impl` refuses; the decision is audited
+        once. Returns the request's own copy of the case. The case routes
+        authorize the same way.
+        """
+        if case_guid is None:
+            case_guid = _case_guid(request)
+        ctx = await self._context(request)
+        return (await self._authorized_case(ctx, action, case_guid)).case
+
     # -- routes -----------------------------------------------------------------
     async def enumerate_cases(self, request: web.Request) -> web.Response:
         """``GET /api/cases``: the cases the caller may read."""
-        identity = await self.auth.authorize(request, ENUMERATE_CASES)
-        caller = await self.auth.caller(request)
+        await self.auth.authorize(request, ENUMERATE_CASES)
+        ctx = await self._context(request)
         access = self.auth.case_access
+        caller = ctx.caller
         cases = [
             case
-            for case in await self.enumerate_cases_impl(identity)
+            for case in await self.enumerate_cases_impl(ctx)
             if access(caller, case) is not None
         ]
         return json_response(cases)
 
     async def create_case(self, request: web.Request) -> web.Response:
         """``POST /api/case``: create a case from a (partial) Case body."""
-        identity = await self.auth.authorize(request, CREATE_CASE)
-        federation = (await self.auth.caller(request)).federation
+        await self.auth.authorize(request, CREATE_CASE)
+        ctx = await self._context(request)
+        federation = ctx.federation
         case = await read_concept(request, self.case_type, self.max_body_size)
         case.managed = federation
         await self._check_case(case, federation=federation)
         try:
-            case = await self.create_case_impl(identity, case)
+            case = await self.create_case_impl(ctx, case)
         except CaseExistsError as exc:
             raise FusionHTTPError(400, str(exc)) from None
-        await self._notify("create_case", case)
+        await self._notify("create_case", case, ctx.ext or None)
         return json_response(case)
 
     async def retrieve_case(self, request: web.Request) -> web.Response:
         """``GET /api/case/{case_guid}``, with the case's ETag."""
         case_guid = _case_guid(request)
-        auth = self.auth
-        await auth.caller(request)  # 401 before anything is read
-        case, version = await self._existing_case(case_guid)
-        await auth.authorize(request, RETRIEVE_CASE, case)
+        ctx = await self._context(request)  # 401 before anything is read
+        case, version = await self._authorized_case(ctx, RETRIEVE_CASE, case_guid)
         return json_response(case, headers={"ETag": etag(version)})
 
     async def update_case(self, request: web.Request) -> web.Response:
@@ -315,24 +395,27 @@ class FusionCaseAPI(Generic[CaseT]):
         Answers the new ETag; 412 when an If-Match does not match.
         """
         case_guid = _case_guid(request)
-        federation = (await self.auth.caller(request)).federation
+        caller = await self.auth.caller(request)
         changes = await read_json(request, self.max_body_size)
         if not isinstance(changes, dict):
             raise FusionHTTPError(400, "update body must be a JSON object")
+        ctx = CaseContext(request=request, caller=caller, changes=MappingProxyType(changes))
+        reopens = "closed" in changes and changes["closed"] is None
+        action = _REOPEN_CASE if reopens else UPDATE_CASE
 
-        async def change(identity: Identity, case: CaseT, version: int) -> CaseT:
+        async def change(case: CaseT, version: int) -> CaseT:
             try:
                 case.update(changes)
             except ConceptError as exc:
                 raise FusionHTTPError(400, str(exc)) from None
-            await self._check_case(case, federation=federation)
+            await self._check_case(case, federation=caller.federation)
             try:
-                return await self.update_case_impl(identity, case, expected_version=version)
+                return await self.update_case_impl(ctx, case, expected_version=version)
             except CaseNotFoundError:
                 raise FusionHTTPError(404, f"case {case_guid} not found") from None
 
-        case, version = await self._change_case(request, case_guid, UPDATE_CASE, change)
-        await self._notify("update_case", case)
+        case, version = await self._change_case(ctx, case_guid, action, change)
+        await self._notify("update_case", case, ctx.ext or None)
         # The storage contract: a write that expected `version` stored version + 1.
         return json_response(case, headers={"ETag": etag(version + 1)})
 
@@ -342,19 +425,20 @@ class FusionCaseAPI(Generic[CaseT]):
         412 when an If-Match does not match.
         """
         case_guid = _case_guid(request)
-        await self.auth.authenticate(request)
+        ctx = await self._context(request)
 
-        async def change(identity: Identity, case: CaseT, version: int) -> CaseT:
-            if not await self.delete_case_impl(identity, case, expected_version=version):
+        async def change(case: CaseT, version: int) -> CaseT:
+            if not await self.delete_case_impl(ctx, case, expected_version=version):
                 raise FusionHTTPError(404, f"case {case_guid} not found")
             return case
 
-        case, _ = await self._change_case(request, case_guid, DELETE_CASE, change)
-        await self._notify("delete_case", case)
+        case, _ = await self._change_case(ctx, case_guid, DELETE_CASE, change)
+        await self._notify("delete_case", case, ctx.ext or None)
         return json_response()
 
     async def attach_case(self, request: web.Request) -> web.Response:
-        """``PUT /api/case/{case_guid}/attach/{next_case_guid}``: federation key only."""
+        """``PUT /api/case/{case_guid}/attach/{next_case_guid}``: federation key only,
+        refused on a closed case."""
         case_guid = _case_guid(request)
         next_case_guid = get_guid(request, "next_case_guid")
         action = Action(
@@ -363,13 +447,14 @@ class FusionCaseAPI(Generic[CaseT]):
             federation=True,
             context={"case_guid": str(case_guid), "next_case_guid": str(next_case_guid)},
         )
-        identity = await self.auth.authorize(request, action)
-        case, _ = await self._existing_case(case_guid)
+        ctx = await self._context(request)
+        case, _ = await self._authorized_case(ctx, action, case_guid)
         try:
-            attached = await self.attach_case_impl(identity, case, next_case_guid)
+            attached = await self.attach_case_impl(ctx, case, next_case_guid)
         except CaseExistsError as exc:
             raise FusionHTTPError(400, str(exc)) from None
         if attached is None:
             raise FusionHTTPError(404, f"case {case_guid} not found")
-        await self._notify("attach_case", attached, {"previous_guid": str(case_guid)})
+        # The framework's previous_guid wins over a hook's key of that name.
+        await self._notify("attach_case", attached, {**ctx.ext, "previous_guid": str(case_guid)})
         return json_response(attached)
