@@ -14,11 +14,16 @@ from typing import TYPE_CHECKING, Any
 from fusion.server.__about__ import __version__
 
 if TYPE_CHECKING:
-    from fusion.server.app import FusionServer
+    from fusion.server.app import (
+        FusionServer,
+        serve_app,
+    )
     from fusion.server.appkeys import (
         AUTH,
+        CASE_API,
         CONFIG,
         CONSTANT,
+        DOWNLOADS,
         EVENTS,
         PUBSUB,
         STORAGE,
@@ -33,7 +38,11 @@ if TYPE_CHECKING:
         can_access_case,
         can_delete,
     )
-    from fusion.server.case import FusionCaseAPI, FusionCaseAPIConfig
+    from fusion.server.case import (
+        CaseContext,
+        FusionCaseAPI,
+        FusionCaseAPIConfig,
+    )
     from fusion.server.config import (
         ConfigError,
         FusionServerConfig,
@@ -43,18 +52,55 @@ if TYPE_CHECKING:
         decode_config,
         load_config,
     )
-    from fusion.server.constant import FusionConstantAPI, FusionConstantAPIConfig
-    from fusion.server.download import FusionDownloadAPI, FusionDownloadConfig
-    from fusion.server.event import FusionEventAPI, FusionEventConfig
-    from fusion.server.info import FusionInfoAPI, FusionInfoAPIConfig
-    from fusion.server.synchronizer import FusionSynchronizer, FusionSynchronizerConfig
-    from fusion.server.upload import receive_upload
+    from fusion.server.constant import (
+        FusionConstantAPI,
+        FusionConstantAPIConfig,
+    )
+    from fusion.server.download import (
+        FusionDownloadAPI,
+        FusionDownloadConfig,
+    )
+    from fusion.server.event import (
+        CaseEventPublisher,
+        FusionEventAPI,
+        FusionEventConfig,
+    )
+    from fusion.server.info import (
+        FusionInfoAPI,
+        FusionInfoAPIConfig,
+    )
+    from fusion.server.storage import (
+        CaseConflictError,
+        CaseExistsError,
+        CaseNotFoundError,
+        ConceptStorage,
+        FusionStorage,
+        RowExistsError,
+        SQLiteStorage,
+        SQLiteTable,
+        SyncLayout,
+        SyncState,
+        SyncTree,
+        VersionedCase,
+        case_folder_name,
+    )
+    from fusion.server.synchronizer import (
+        FusionSynchronizer,
+        FusionSynchronizerConfig,
+    )
+    from fusion.server.upload import (
+        Upload,
+        receive_upload,
+    )
 
 _EXPORTS: dict[str, str] = {
     "FusionServer": "app",
+    "serve_app": "app",
     "AUTH": "appkeys",
+    "CASE_API": "appkeys",
     "CONFIG": "appkeys",
     "CONSTANT": "appkeys",
+    "DOWNLOADS": "appkeys",
     "EVENTS": "appkeys",
     "PUBSUB": "appkeys",
     "STORAGE": "appkeys",
@@ -66,6 +112,7 @@ _EXPORTS: dict[str, str] = {
     "FusionAuthAPIConfig": "auth",
     "can_access_case": "auth",
     "can_delete": "auth",
+    "CaseContext": "case",
     "FusionCaseAPI": "case",
     "FusionCaseAPIConfig": "case",
     "ConfigError": "config",
@@ -79,26 +126,49 @@ _EXPORTS: dict[str, str] = {
     "FusionConstantAPIConfig": "constant",
     "FusionDownloadAPI": "download",
     "FusionDownloadConfig": "download",
+    "CaseEventPublisher": "event",
     "FusionEventAPI": "event",
     "FusionEventConfig": "event",
     "FusionInfoAPI": "info",
     "FusionInfoAPIConfig": "info",
+    "CaseConflictError": "storage",
+    "CaseExistsError": "storage",
+    "CaseNotFoundError": "storage",
+    "ConceptStorage": "storage",
+    "FusionStorage": "storage",
+    "RowExistsError": "storage",
+    "SQLiteStorage": "storage",
+    "SQLiteTable": "storage",
+    "SyncLayout": "storage",
+    "SyncState": "storage",
+    "SyncTree": "storage",
+    "VersionedCase": "storage",
+    "case_folder_name": "storage",
     "FusionSynchronizer": "synchronizer",
     "FusionSynchronizerConfig": "synchronizer",
+    "Upload": "upload",
     "receive_upload": "upload",
 }
 
 __all__ = [
     "AUTH",
+    "CASE_API",
     "CONFIG",
     "CONSTANT",
+    "DOWNLOADS",
     "EVENTS",
     "PUBSUB",
     "STORAGE",
     "STORE",
     "Access",
     "Action",
+    "CaseConflictError",
+    "CaseContext",
+    "CaseEventPublisher",
     "CaseEventSink",
+    "CaseExistsError",
+    "CaseNotFoundError",
+    "ConceptStorage",
     "ConfigError",
     "FusionAuthAPI",
     "FusionAuthAPIConfig",
@@ -114,17 +184,28 @@ __all__ = [
     "FusionInfoAPIConfig",
     "FusionServer",
     "FusionServerConfig",
+    "FusionStorage",
     "FusionSynchronizer",
     "FusionSynchronizerConfig",
+    "RowExistsError",
+    "SQLiteStorage",
+    "SQLiteTable",
     "ServerConfig",
     "SharedStoreConfig",
     "StorageConfig",
+    "SyncLayout",
+    "SyncState",
+    "SyncTree",
+    "Upload",
+    "VersionedCase",
     "__version__",
     "can_access_case",
     "can_delete",
+    "case_folder_name",
     "decode_config",
     "load_config",
     "receive_upload",
+    "serve_app",
 ]
 
 
