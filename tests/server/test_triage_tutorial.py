@@ -94,7 +94,7 @@ async def _scenario(replicas: list[ServerProcess], data: Path, redis_url: str) -
             )
             assert status == 200, envelope
             assert envelope["data"]["sha256"] == sha256
-            assert envelope["data"]["tags"] == ["ransomware", "host-7"]
+            assert envelope["data"]["fields"]["tags"] == ["ransomware", "host-7"]
             uploaded = await _next_event(events[1], "sample_uploaded")
             assert uploaded.ext == {"sha256": sha256}
 
@@ -117,7 +117,8 @@ async def _scenario(replicas: list[ServerProcess], data: Path, redis_url: str) -
             for stream_events in events:
                 steps = [(await _next_event(stream_events, "analysis")).ext for _ in range(3)]
                 assert [step["step"] for step in steps if step] == ["hashing", "strings", "verdict"]
-                assert steps[0] == {"sha256": sha256, "step": "hashing", "ok": True}
+                assert steps[0] == {"sha256": sha256, "step": "hashing", "result": True}
+                assert steps[2] == {"sha256": sha256, "step": "verdict", "result": "suspicious"}
         finally:
             for stream in streams:
                 stream.close()
