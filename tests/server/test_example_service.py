@@ -8,6 +8,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from fusion_testing.fixtures_cli import MainRunner
 from fusion_testing.fixtures_server import (
     ROBOT_KEY,
     HTTPSessionFactory,
@@ -87,3 +88,21 @@ async def test_example_runs_as_its_own_process(
             ["created"],
         )
     assert process.stop() == 0
+
+
+def test_the_examples_config_files_are_valid(
+    run_main: MainRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files the examples' docstrings name exist and pass check-config."""
+    from fusion.server.cli import main
+
+    examples = EXAMPLE.parent
+    monkeypatch.chdir(examples)  # the constant files are named relative to it
+    timeline = run_main(main, "check-config", "timeline.yml")
+    assert timeline.code == 0, timeline.stderr
+    assert timeline.stdout.startswith("timeline.yml: ok")
+    monkeypatch.syspath_prepend(str(examples))
+    monkeypatch.delitem(sys.modules, "triage_service", raising=False)
+    triage = run_main(main, "check-config", "--app", "triage_service:create_app", "triage.yml")
+    assert triage.code == 0, triage.stderr
+    assert "app triage_service:create_app builds" in triage.stdout
