@@ -3,7 +3,8 @@
 - A block preceded by ``<!-- excerpt: PATH -->`` quotes PATH (relative to the
   repository): its text must appear in that file as it is, so a page that
   walks through ``examples/triage_service.py`` cannot drift from the file the
-  suite runs end to end (tests/server/test_triage_tutorial.py).
+  suite runs end to end (tests/server/test_triage_tutorial.py); a common
+  indentation may be removed (a method shown out of its class).
 - Any other ```python block runs as a script (exit status 0).
 - Any other ```yaml block holding sections of the server's configuration is
   decoded by the server's own decoder.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import msgspec
@@ -56,8 +58,15 @@ def test_the_pages_exist_and_hold_code() -> None:
 
 @pytest.mark.parametrize(("where", "lang", "path", "code"), EXCERPTS, ids=[b[0] for b in EXCERPTS])
 def test_an_excerpt_is_in_the_file_it_quotes(where: str, lang: str, path: str, code: str) -> None:
-    quoted = (ROOT / path).read_text()
-    assert code in quoted, f"{where}: this {lang} block is not in {path} as written"
+    # Lines of the file as they are, but for a common indentation (a method
+    # quoted out of its class is shown, and formatted, at the left margin).
+    lines = (ROOT / path).read_text().split("\n")
+    wanted = code.split("\n")
+    windows = (
+        textwrap.dedent("\n".join(lines[start : start + len(wanted)]))
+        for start in range(len(lines) - len(wanted) + 1)
+    )
+    assert code in windows, f"{where}: this {lang} block is not in {path} as written"
 
 
 @pytest.mark.parametrize(("where", "lang", "path", "code"), SCRIPTS, ids=[b[0] for b in SCRIPTS])
