@@ -106,7 +106,7 @@ async def test_admin_session_and_case_lifecycle(embedded_server: ServerProcess) 
         assert closed.closed is not None
         with pytest.raises(FusionAPIError) as caught:
             await cases.update(created.guid, {"description": "while closed"})
-        assert caught.value.status == 400
+        assert caught.value.status == 403  # the closed-case rule
         assert "closed" in caught.value.message
         reopened = await cases.update(created.guid, {"closed": None, "description": "again"})
         assert reopened.closed is None

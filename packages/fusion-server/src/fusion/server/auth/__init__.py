@@ -4,7 +4,13 @@
 # oidc) are known when an auth section is decoded.
 from fusion.server.auth import ldap as _ldap  # noqa: F401
 from fusion.server.auth import oidc as _oidc  # noqa: F401
-from fusion.server.auth.access import Access, Action, can_access_case, can_delete
+from fusion.server.auth.access import (
+    Access,
+    Action,
+    can_access_case,
+    can_delete,
+    closed_case_refusal,
+)
 from fusion.server.auth.api import FusionAuthAPI
 from fusion.server.auth.backend import (
     BackendUnavailableError,
@@ -48,5 +54,6 @@ __all__ = [
     "api_key_digest",
     "can_access_case",
     "can_delete",
+    "closed_case_refusal",
     "hash_password",
 ]
