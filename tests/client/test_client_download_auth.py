@@ -180,11 +180,14 @@ async def test_credentials_never_go_to_another_host(setup: Setup, tmp_path: Path
         direct = await downloads.download(setup.foreign_url + "/file", tmp_path / "direct.bin")
         # A redirect from the service's own route to the other host.
         redirected = await downloads.download("/api/evidence/elsewhere", tmp_path / "moved.bin")
-        # A plain API call to an absolute URL elsewhere does not carry the key either.
-        with pytest.raises(FusionAPIError):
+        # A plain API call to an absolute URL elsewhere, or redirected there,
+        # does not carry them either (the answer is no envelope: an error).
+        with pytest.raises(FusionAPIError, match="invalid response"):
             await client.request("GET", setup.foreign_url + "/file")
+        with pytest.raises(FusionAPIError, match="invalid response"):
+            await client.request("GET", "/api/evidence/elsewhere")
     assert direct.read_bytes() == redirected.read_bytes() == b"foreign bytes"
-    assert len(setup.foreign_headers) == 3
+    assert len(setup.foreign_headers) == 4
     for headers in setup.foreign_headers:
         assert "X-Fusion-API-Token" not in headers
         assert "Cookie" not in headers

@@ -81,11 +81,22 @@ async def service(tmp_path: Path, fusion_server: ServerFactory) -> str:
             raise FusionHTTPError(404, "sample not found")
         return json_response()
 
+    async def echo_body(request: web.Request) -> web.Response:
+        identity = await request.app[AUTH].authenticate(request)
+        body = await request.json() if request.can_read_body else None
+        return json_response({"method": request.method, "who": identity.username, "body": body})
+
+    async def moved(request: web.Request) -> web.Response:
+        status = int(request.query["status"])
+        return web.Response(status=status, headers={"Location": "/api/echo-body?moved=1"})
+
     server = FusionServer(server_config(tmp_path / "data"))
     server.add_routes(
         [
             web.get("/api/case/{case_guid}/samples", list_samples),
             web.get("/api/echo", echo_query),
+            web.route("*", "/api/echo-body", echo_body),
+            web.route("*", "/api/moved", moved),
             web.put("/api/case/{case_guid}/sample/{sample_guid}", put_sample),
             web.get("/api/case/{case_guid}/sample/{sample_guid}", get_sample),
             web.delete("/api/case/{case_guid}/sample/{sample_guid}", delete_sample),
@@ -185,6 +196,24 @@ async def test_route_errors_are_typed(service: str) -> None:
         with pytest.raises(FusionAPIError) as caught:
             await anonymous.request("GET", f"/api/case/{case_guid}/samples")
         assert caught.value.status == 401
+
+
+@pytest.mark.parametrize(
+    ("status", "method"), [(307, "POST"), (308, "POST"), (303, "GET"), (302, "GET")]
+)
+async def test_redirects_on_the_own_server_keep_the_key(
+    service: str, status: int, method: str
+) -> None:
+    async with _client(service) as client:
+        answer = await client.request(
+            "POST", "/api/moved", params={"status": status}, json={"n": 1}
+        )
+    # 307/308 send the body again; 302/303 go on as a GET without it.
+    assert answer == {
+        "method": method,
+        "who": "robot",
+        "body": {"n": 1} if method == "POST" else None,
+    }
 
 
 def test_query_pairs() -> None:

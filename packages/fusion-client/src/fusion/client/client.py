@@ -312,6 +312,62 @@ class FusionClient:
         return kwargs
 
     @asynccontextmanager
+    async def _open(
+        self,
+        method: str,
+        url: URL,
+        *,
+        headers: Mapping[str, str] | None,
+        with_api_key: bool,
+        data: Any = None,
+        params: QueryParams | None = None,
+        client_timeout: aiohttp.ClientTimeout | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The final response of ``method url``, redirects followed here, hop by hop.
+
+        Each hop carries only the credentials its own URL may have: the API
+        key (``with_api_key``) under this client's base URL, the session
+        cookie to the service's hosts (:class:`~fusion.client.FusionCookieJar`),
+        nothing to another host. A 303, or a 301/302 after anything but GET
+        and HEAD, goes on as a GET without the body (as aiohttp and browsers
+        do). Connection failures raise :class:`FusionConnectionError`.
+        """
+        target = url
+        extra: dict[str, Any] = {"data": data}
+        if params is not None:
+            extra["params"] = query_pairs(params)
+        if client_timeout is not None:
+            extra["timeout"] = client_timeout
+        try:
+            for _ in range(_MAX_REDIRECTS + 1):
+                async with self.session.request(
+                    method,
+                    target,
+                    allow_redirects=False,
+                    **extra,
+                    **self._request_kwargs(target, headers, with_api_key),
+                ) as response:
+                    location = response.headers.get("Location")
+                    if response.status in _REDIRECT_STATUSES and location:
+                        target = response.url.join(URL(location))
+                        extra.pop("params", None)  # the Location has its own query
+                        if response.status == 303 or (
+                            response.status in (301, 302) and method not in ("GET", "HEAD")
+                        ):
+                            method, extra["data"] = "GET", None
+                            headers = {
+                                key: value
+                                for key, value in (headers or {}).items()
+                                if key.lower() != "content-type"
+                            }
+                        continue
+                    yield response
+                    return
+        except _CONNECTION_ERRORS as exc:
+            raise connection_error(exc, target) from exc
+        raise FusionConnectionError(f"{url}: more than {_MAX_REDIRECTS} redirects")
+
+    @asynccontextmanager
     async def stream(
         self,
         method: str,
@@ -326,10 +382,8 @@ class FusionClient:
         Answers >= 400 raise :class:`FusionAPIError`; connection failures
         raise :class:`FusionConnectionError`. ``sock_read=True`` keeps the
         configured read timeout; a number or ``None`` replaces it. Redirects
-        are followed here, hop by hop, so that each hop carries only the
-        credentials its own URL may have: the API key (``with_api_key``) to
-        this client's server, the session cookie to the service's hosts
-        (:class:`~fusion.client.FusionCookieJar`), nothing to another host.
+        are followed with the credentials each URL may have (the API key,
+        with ``with_api_key``, only under the base URL; see :meth:`is_own_url`).
         """
         target = url if isinstance(url, URL) else URL(url)
         timeout = self.config.timeout
@@ -337,30 +391,19 @@ class FusionClient:
         client_timeout = aiohttp.ClientTimeout(
             total=None, connect=timeout.connect, sock_read=read or None
         )
-        try:
-            for _ in range(_MAX_REDIRECTS + 1):
-                async with self.session.request(
-                    method,
-                    target,
-                    allow_redirects=False,
-                    timeout=client_timeout,
-                    **self._request_kwargs(target, headers, with_api_key),
-                ) as response:
-                    location = response.headers.get("Location")
-                    if response.status in _REDIRECT_STATUSES and location:
-                        target = response.url.join(URL(location))
-                        continue
-                    if response.status >= 400:
-                        body = await response.read()
-                        raise FusionAPIError(
-                            response.status,
-                            error_message(response.status, body, response.reason),
-                        )
-                    yield response
-                    return
-        except _CONNECTION_ERRORS as exc:
-            raise connection_error(exc, target) from exc
-        raise FusionConnectionError(f"{url}: more than {_MAX_REDIRECTS} redirects")
+        async with self._open(
+            method,
+            target,
+            headers=headers,
+            with_api_key=with_api_key,
+            client_timeout=client_timeout,
+        ) as response:
+            if response.status >= 400:
+                body = await response.read()
+                raise FusionAPIError(
+                    response.status, error_message(response.status, body, response.reason)
+                )
+            yield response
 
     @overload
     async def request(
@@ -499,19 +542,12 @@ class FusionClient:
         headers: Mapping[str, str] | None,
     ) -> Any:
         url = self.url(path)
-        try:
-            async with self.session.request(
-                method,
-                url,
-                data=body,
-                params=query_pairs(params) if params is not None else None,
-                **self._request_kwargs(url, headers, with_api_key=True),
-            ) as response:
-                raw = await response.read()
-                status = response.status
-                reason = response.reason
-        except _CONNECTION_ERRORS as exc:
-            raise connection_error(exc, url) from exc
+        async with self._open(
+            method, url, headers=headers, with_api_key=True, data=body, params=params
+        ) as response:
+            raw = await response.read()  # a failure here is a FusionConnectionError too
+            status = response.status
+            reason = response.reason
         if status >= 400:
             raise FusionAPIError(status, error_message(status, raw, reason))
         try:
