@@ -27,6 +27,7 @@ from fusion.client import (
     FusionClientError,
     TransferProgress,
 )
+from fusion.client.progress import ProgressMeter
 from fusion.client.upload import form_fields
 from fusion.concept import Concept, Priority
 from fusion.helper.http_envelope import json_response
@@ -83,11 +84,16 @@ async def service(tmp_path: Path, fusion_server: ServerFactory) -> tuple[str, Pa
                 "sha256": received.sha256,
                 "fields": received.fields,
                 "content_type": received.content_type,  # a key the client's Receipt ignores
+                "content_length": request.content_length,
+                "transfer_encoding": request.headers.get("Transfer-Encoding"),
             }
         )
 
+    async def moved(request: web.Request) -> web.Response:
+        return web.Response(status=307, headers={"Location": "/api/samples"})
+
     server = FusionServer(server_config(tmp_path / "data"))
-    server.add_routes([web.post("/api/samples", upload)])
+    server.add_routes([web.post("/api/samples", upload), web.post("/api/moved", moved)])
     running = await fusion_server(server)
     return running.url, uploads
 
@@ -182,7 +188,34 @@ async def test_upload_with_mapping_fields_and_name(
     assert answer["fields"]["retention_days"] == 3
     assert answer["fields"]["tags"] == ["a"]
     assert answer["fields"]["priority"] == "low"
+    # The size is known in advance: a Content-Length, not a chunked body.
+    assert answer["transfer_encoding"] is None
+    assert answer["content_length"] > 1002
     assert _listing(uploads) == ["sample.exe"]
+
+
+async def test_upload_follows_a_307_sending_the_file_again(
+    service: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, uploads = service
+    size = 2 * 1024 * 1024 + 1
+    source = tmp_path / "moved.bin"
+    sha256 = _file(source, size)
+    steps: list[TransferProgress] = []
+    config = FusionClientConfig(api_url=url, api_key=ROBOT_KEY)
+    async with FusionClient(config) as client:
+        receipt = await client.upload(
+            "/api/moved",
+            source,
+            fields=SampleFields(comment="moved"),
+            concept_type=Receipt,
+            on_progress=steps.append,
+        )
+    assert (receipt.username, receipt.size, receipt.sha256) == ("robot", size, sha256)
+    # However much of the first attempt went out, progress restarts and ends at the size.
+    assert steps[-1].done == size
+    assert all(0 <= step.done <= size for step in steps)
+    assert _listing(uploads) == ["moved.bin"]
 
 
 async def test_upload_too_large_is_a_typed_413_and_stores_nothing(
@@ -261,3 +294,22 @@ def test_form_fields_encoding() -> None:
     assert "case_guid" not in form_fields(SampleFields(comment="c"))
     with pytest.raises(TypeError):
         form_fields([1, 2])  # type: ignore[arg-type]
+
+
+def test_progress_meter_restarts_when_a_body_is_sent_again() -> None:
+    steps: list[TransferProgress] = []
+    meter = ProgressMeter(steps.append, 100)
+    meter.start()
+    meter.advance(60)
+    meter.start()  # a redirect (307) or a retry sends the body from its start
+    meter.advance(100)
+    assert [step.done for step in steps] == [0, 60, 0, 100]
+    assert steps[-1].eta == 0.0
+    assert steps[1].total == 100
+    assert steps[1].fraction == 0.6
+    # Unknown total: no fraction, no ETA.
+    unknown: list[TransferProgress] = []
+    meter = ProgressMeter(unknown.append, None)
+    meter.start()
+    meter.advance(5)
+    assert (unknown[-1].done, unknown[-1].fraction, unknown[-1].eta) == (5, None, None)

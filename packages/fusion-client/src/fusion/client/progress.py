@@ -48,8 +48,9 @@ class ProgressMeter:
         self._started = time.monotonic()
 
     def start(self) -> None:
-        """Report the start (``done=0``), and count the rate from now."""
+        """Report the start (``done=0``), and count from now (again, if the body is re-sent)."""
         self._started = time.monotonic()
+        self.done = 0
         self.advance(0)
 
     def advance(self, count: int) -> None:
