@@ -133,6 +133,10 @@ class FusionClient:
 
         async with FusionClient(FusionClientConfig(api_url="https://svc:8443")) as client:
             info = await FusionInfoAPIClient(client).info()
+
+    ``cookie_jar`` shares a session with the clients of the service's other
+    replicas (a :class:`~fusion.client.FusionCookieJar`, e.g. ``other.cookie_jar``).
+    A service's own routes are called with :meth:`request` and :meth:`upload`.
     """
 
     def __init__(
