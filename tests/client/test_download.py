@@ -71,7 +71,7 @@ async def test_download_into_directory_uses_sanitised_name(
     assert seen[0] == (0, total)
     assert seen[-1] == (total, total)
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
-    # The fetch carries no credentials: the key is the credential.
+    # No API key configured, none sent.
     assert "X-Fusion-API-Token" not in protocol_server.state.requests[-1].headers
 
 
@@ -91,7 +91,8 @@ async def test_download_to_file_path_and_by_url(
             == hashlib.sha256(protocol_server.state.download_body).hexdigest()
         )
         assert await downloads.download(path, tmp_path / "second") == tmp_path / "second"
-    assert "X-Fusion-API-Token" not in protocol_server.state.requests[-1].headers
+    # The client's own server gets its key (a service route may need it).
+    assert protocol_server.state.requests[-1].headers["X-Fusion-API-Token"] == config.api_key
 
 
 async def test_unknown_key_is_404_and_leaves_nothing(

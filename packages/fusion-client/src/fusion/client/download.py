@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from yarl import URL
@@ -14,19 +15,29 @@ from fusion.client.errors import FusionClientError, FusionConnectionError
 from fusion.concept import PendingDownloadKey
 from fusion.helper.filesystem import safe_filename
 
+if TYPE_CHECKING:
+    from fusion.client.progress import TransferProgress, TransferProgressCallback
+
 # safe_filename is the helper's, named here too: the client exported it first.
 __all__ = ["FusionDownloadAPIClient", "ProgressCallback", "safe_filename"]
 
 ProgressCallback = Callable[[int, int | None], None]
-"""Called as ``progress(received_bytes, total_bytes_or_None)`` while a download runs."""
+"""The older form of progress: ``progress(received_bytes, total_bytes_or_None)``.
+
+Prefer ``on_progress``, which gets a :class:`~fusion.client.TransferProgress`
+(rate and ETA too)."""
 
 _CHUNK_SIZE = 256 * 1024
 
 
 class FusionDownloadAPIClient:
-    """``/api/download/{guid}/{token}``: fetch a file prepared by the server.
+    """``/api/download/{guid}/{token}``, or a service route that answers a file.
 
-    The key is the credential: no API key or session is sent with the fetch.
+    A one-time key is a credential of its own; a service's route (a log, a
+    report) may want the caller's too. So the fetch carries the client's
+    credentials to URLs on the client's own server (the API key, and the
+    session cookie, which goes to the service's hosts only: see
+    :class:`~fusion.client.FusionCookieJar`), and nothing to any other host.
     """
 
     def __init__(self, client: FusionClient) -> None:
@@ -53,8 +64,9 @@ class FusionDownloadAPIClient:
         key_or_url: PendingDownloadKey | str,
         destination: Path | str,
         *,
-        progress: ProgressCallback | None = None,
+        on_progress: TransferProgressCallback | None = None,
         max_size: int | None = None,
+        progress: ProgressCallback | None = None,
     ) -> Path:
         """Stream the file to ``destination`` and return the path written.
 
@@ -64,14 +76,18 @@ class FusionDownloadAPIClient:
         inside it; otherwise ``destination`` is the file path. The data goes
         to a temporary file in the same directory, renamed into place only
         when complete, so a failed download never leaves a partial file.
-        ``max_size`` (bytes) aborts larger downloads.
+        ``max_size`` (bytes) aborts larger downloads. ``on_progress`` gets a
+        :class:`~fusion.client.TransferProgress` at the start and after each
+        chunk, whose ``total`` is the answer's ``Content-Length`` (``None``
+        when the server does not say); ``progress`` is the older two-number form.
         """
+        from fusion.client.progress import ProgressMeter
         from fusion.helper.streaming import SizeLimitError, stream_to_file
 
         url = self.url_for(key_or_url)
         destination = Path(destination)
         into_directory = await asyncio.to_thread(destination.is_dir)
-        async with self.client.stream("GET", url, with_api_key=False) as response:
+        async with self.client.stream("GET", url) as response:
             total = response.content_length
             if max_size is not None and total is not None and total > max_size:
                 raise FusionClientError(f"download is {total} bytes, more than {max_size}")
@@ -82,19 +98,23 @@ class FusionDownloadAPIClient:
             else:
                 target = destination
 
-            async def counted() -> AsyncIterator[bytes]:
-                received = 0
+            def report(step: TransferProgress) -> None:
+                if on_progress is not None:
+                    on_progress(step)
                 if progress is not None:
-                    progress(0, total)
+                    progress(step.done, step.total)
+
+            meter = ProgressMeter(report, total)
+
+            async def counted() -> AsyncIterator[bytes]:
+                meter.start()
                 async for chunk in response.content.iter_chunked(_CHUNK_SIZE):
-                    received += len(chunk)
-                    if progress is not None:
-                        progress(received, total)
+                    meter.advance(len(chunk))
                     yield chunk
                 # Raised before stream_to_file renames, so a short file never lands.
-                if total is not None and received != total:
+                if total is not None and meter.done != total:
                     raise FusionConnectionError(
-                        f"{url}: download truncated at {received} of {total} bytes"
+                        f"{url}: download truncated at {meter.done} of {total} bytes"
                     )
 
             try:

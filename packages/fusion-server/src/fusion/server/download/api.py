@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import logging
@@ -178,11 +179,15 @@ class FusionDownloadAPI:
         try:
             # Checked again at fetch time: the file may have been swapped for a symlink.
             resolved = self.check_path(pending.filepath)
+            size = (await asyncio.to_thread(resolved.stat)).st_size
         except (DownloadRootError, OSError) as exc:
             _LOGGER.warning("download %s: %s", guid, exc)
             return error_response(404, "download not found")
+        # A regular file: its size is the Content-Length (clients show a percentage),
+        # and exactly that many bytes are sent even if the file grows meanwhile.
         return await stream_response(
             request,
-            iter_file(resolved, chunk_size=self.config.chunk_size),
+            iter_file(resolved, chunk_size=self.config.chunk_size, end=size),
             pending.filename,
+            size=size,
         )
