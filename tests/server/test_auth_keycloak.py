@@ -54,6 +54,7 @@ def bearer(token: str) -> dict[str, str]:
 @pytest.mark.parametrize("base_path", ["", "/auth"], ids=["keycloak", "keycloak-under-auth"])
 async def test_front_end_flow_config_then_code_login(
     base_path: str,
+    store_url: str,
     fusion_server: ServerFactory,
     http_sessions: HTTPSessionFactory,
     tmp_path: Path,
@@ -61,7 +62,11 @@ async def test_front_end_flow_config_then_code_login(
     realm = OIDCIssuer(realm="cert", base_path=base_path, redirect_uri="http://127.0.0.1/login")
     await realm.start()
     try:
-        config = server_config(tmp_path, auth={"backend": keycloak_backend(realm)})
+        config = server_config(
+            tmp_path,
+            shared_store={"url": store_url},
+            auth={"backend": keycloak_backend(realm)},
+        )
         running = await fusion_server(config)
         session = http_sessions(running.url)
 
@@ -99,8 +104,47 @@ async def test_front_end_flow_config_then_code_login(
             session, "POST", "/api/case", json={"name": "sso", "acs": ["responders"]}
         )
         assert status == 200, body
+        assert (await call(session, "GET", "/api/auth/logout"))[0] == 200
+        assert (await call(session, "GET", "/api/auth/is_logged"))[0] == 401
     finally:
         await realm.stop()
+
+
+def test_auth_config_is_the_older_servers_answer_for_their_config() -> None:
+    # The older backend answered host=f"{url}/auth/" (include_auth, its default)
+    # or f"{url}/"; its config keys url, realm_name, client_id, redirect_uri.
+    older = {
+        "url": "https://keycloak.domain.lan",
+        "client_id": "helium",
+        "realm_name": "master",
+        "redirect_uri": "https://helium.domain.lan/login",
+    }
+    for include_auth, older_host in [
+        (True, "https://keycloak.domain.lan/auth/"),
+        (False, "https://keycloak.domain.lan/"),
+    ]:
+        config = msgspec.convert(
+            {
+                "type": "keycloak",
+                "host": older["url"] + ("/auth" if include_auth else ""),
+                "realm": older["realm_name"],
+                "client_id": older["client_id"],
+                "client_secret": "not-in-the-answer",
+                "redirect_uri": older["redirect_uri"],
+            },
+            KeycloakBackendConfig,
+        )
+        info = config.build().info()
+        assert (info.type, info.parameters) == (
+            "keycloak",
+            {
+                "host": older_host,
+                "realm": "master",
+                "client": "helium",
+                "redirect_uri": "https://helium.domain.lan/login",
+            },
+        )
+        assert config.issuer == older_host + "realms/master"
 
 
 async def test_identity_comes_from_the_access_token_groups_claim(
