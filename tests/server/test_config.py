@@ -60,7 +60,7 @@ def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
         ("shared_store:\n  url: ftp://x\n", "unsupported shared store URL 'ftp://x'"),
         (
             "auth:\n  backend: {type: kerberos}\n",
-            "auth.backend.type: unknown backend type 'kerberos' (basic, ldap, oidc)",
+            "auth.backend.type: unknown backend type 'kerberos' (basic, ldap, oidc, keycloak)",
         ),
         ("auth:\n  backend: {users: []}\n", "auth.backend: Object missing required field `type`"),
         (

@@ -16,7 +16,7 @@ from fusion.server.auth.backend import FusionAuthBackend, FusionAuthBackendConfi
 from fusion.server.auth.basic import BasicBackendConfig
 from fusion.server.auth.config import AuthBackendConfig, FusionAuthAPIConfig
 from fusion.server.auth.ldap import LDAPBackendConfig
-from fusion.server.auth.oidc import OIDCBackendConfig
+from fusion.server.auth.oidc import KeycloakBackendConfig, OIDCBackendConfig
 from fusion.server.config import ConfigError, FusionServerConfig, load_config
 
 
@@ -93,12 +93,13 @@ async def test_a_service_backend_type_decodes_and_logs_in_over_http(
         (
             FusionServerConfig,
             {"type": "token", "token": "x"},
-            "auth.backend.type: unknown backend type 'token' (basic, ldap, oidc)",
+            "auth.backend.type: unknown backend type 'token' (basic, ldap, oidc, keycloak)",
         ),
         (
             TokenServerConfig,
             {"type": "kerberos"},
-            "auth.backend.type: unknown backend type 'kerberos' (basic, ldap, oidc, token)",
+            "auth.backend.type: unknown backend type 'kerberos' "
+            "(basic, ldap, oidc, keycloak, token)",
         ),
         (
             TokenServerConfig,
@@ -131,11 +132,12 @@ def test_backend_errors_come_from_the_one_formatter(
     assert str(raised.value) == f"{path}: {message}"
 
 
-def test_the_union_is_the_three_backend_structs() -> None:
+def test_the_union_is_the_four_backend_structs() -> None:
     assert set(AuthBackendConfig.__args__) == {
         BasicBackendConfig,
         LDAPBackendConfig,
         OIDCBackendConfig,
+        KeycloakBackendConfig,
     }
 
 

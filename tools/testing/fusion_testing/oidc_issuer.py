@@ -2,7 +2,11 @@
 
 It serves discovery, a JWKS with RSA and EC keys that can rotate, and a token
 endpoint for the authorization-code flow (codes it issued, client
-authentication, redirect URI and PKCE checks). ``mint`` signs arbitrary
+authentication, redirect URI and PKCE checks). With ``realm`` it is laid out
+as a Keycloak realm: everything under ``<base_path>/realms/<realm>/`` (the
+discovery document, ``protocol/openid-connect/{auth,token,certs}``), and its
+access tokens are shaped like Keycloak's (``aud: account``, the client in
+``azp``). ``mint`` signs arbitrary
 claims with any key, and ``forge`` builds the tokens a provider never issues
 (``alg: none``, HS256 keyed with the public key), for refusal tests.
 
@@ -107,7 +111,13 @@ class OIDCIssuer:
         client_secret: str | None = None,
         redirect_uri: str = "http://127.0.0.1/callback",
         port: int = 0,
+        realm: str | None = None,
+        base_path: str = "",
     ) -> None:
+        """``realm`` lays the provider out as that Keycloak realm, under
+        ``base_path`` (``/auth`` for Keycloak's layout before version 17)."""
+        self.realm = realm
+        self.base_path = base_path.rstrip("/")
         self.client_id = client_id
         self.client_secret = client_secret or secrets.token_urlsafe(16)
         self.redirect_uri = redirect_uri
@@ -125,10 +135,27 @@ class OIDCIssuer:
     # -- keys and tokens ----------------------------------------------------------------
 
     @property
-    def issuer(self) -> str:
+    def host(self) -> str:
+        """The provider's base URL (Keycloak's ``host``: before ``/realms``)."""
         if not self.port:
             raise RuntimeError("start() the issuer first")
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://127.0.0.1:{self.port}{self.base_path}"
+
+    @property
+    def issuer(self) -> str:
+        return f"{self.host}/realms/{self.realm}" if self.realm else self.host
+
+    @property
+    def _prefix(self) -> str:
+        """The issuer's path: where its routes are served."""
+        return f"{self.base_path}/realms/{self.realm}" if self.realm else ""
+
+    def _endpoint(self, name: str) -> str:
+        """Path of an endpoint (``authorize``, ``token``, ``jwks``) under the issuer."""
+        if self.realm:
+            name = {"authorize": "auth", "jwks": "certs"}.get(name, name)
+            return f"/protocol/openid-connect/{name}"
+        return f"/{name}"
 
     def key(self, alg: str = "RS256") -> SigningKey:
         """The current (newest) key for ``alg``."""
@@ -200,6 +227,15 @@ class OIDCIssuer:
         signature = hmac.new(secret, signing_input.encode(), digest).digest()
         return signing_input + "." + _b64(signature)
 
+    def access_claims(self, claims: dict[str, Any]) -> dict[str, Any]:
+        """The access token's claims for an ID token's ``claims``: with a realm,
+        Keycloak's shape (``aud: account``, ``azp`` the client unless given)."""
+        access = dict(claims, scope="openid profile")
+        if self.realm:
+            access.update(aud="account", typ="Bearer")
+            access.setdefault("azp", self.client_id)
+        return access
+
     def issue_code(
         self,
         username: str = "alice",
@@ -227,9 +263,10 @@ class OIDCIssuer:
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/.well-known/openid-configuration", self._discovery)
-        app.router.add_get("/jwks", self._jwks)
-        app.router.add_post("/token", self._token)
+        prefix = self._prefix
+        app.router.add_get(f"{prefix}/.well-known/openid-configuration", self._discovery)
+        app.router.add_get(prefix + self._endpoint("jwks"), self._jwks)
+        app.router.add_post(prefix + self._endpoint("token"), self._token)
         return app
 
     async def start(self) -> None:
@@ -254,9 +291,9 @@ class OIDCIssuer:
         return web.json_response(
             {
                 "issuer": self.issuer,
-                "authorization_endpoint": f"{self.issuer}/authorize",
-                "token_endpoint": f"{self.issuer}/token",
-                "jwks_uri": f"{self.issuer}/jwks",
+                "authorization_endpoint": self.issuer + self._endpoint("authorize"),
+                "token_endpoint": self.issuer + self._endpoint("token"),
+                "jwks_uri": self.issuer + self._endpoint("jwks"),
                 "response_types_supported": ["code"],
                 "subject_types_supported": ["public"],
                 "id_token_signing_alg_values_supported": sorted({k.alg for k in self.keys}),
@@ -292,10 +329,9 @@ class OIDCIssuer:
             if not isinstance(verifier, str) or _s256(verifier) != issued.code_challenge:
                 return web.json_response({"error": "invalid_grant"}, status=400)
         id_token = issued.id_token or self.mint(issued.claims)
-        access_claims = dict(issued.claims, scope="openid profile")
         return web.json_response(
             {
-                "access_token": self.mint(access_claims, key=self.key("ES256")),
+                "access_token": self.mint(self.access_claims(issued.claims), key=self.key("ES256")),
                 "id_token": id_token,
                 "token_type": "Bearer",
                 "expires_in": 300,

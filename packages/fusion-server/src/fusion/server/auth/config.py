@@ -11,7 +11,7 @@ import msgspec
 from fusion.server.auth.backend import FusionAuthBackendConfig
 from fusion.server.auth.basic import BasicBackendConfig
 from fusion.server.auth.ldap import LDAPBackendConfig
-from fusion.server.auth.oidc import OIDCBackendConfig
+from fusion.server.auth.oidc import KeycloakBackendConfig, OIDCBackendConfig
 
 __all__ = [
     "APIKeyConfig",
@@ -109,7 +109,9 @@ class ThrottleConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 # The backends every server knows. A service with a backend of its own widens
 # the union in a subclass (see FusionAuthAPIConfig).
-AuthBackendConfig = BasicBackendConfig | LDAPBackendConfig | OIDCBackendConfig
+AuthBackendConfig = (
+    BasicBackendConfig | LDAPBackendConfig | OIDCBackendConfig | KeycloakBackendConfig
+)
 if TYPE_CHECKING:
     # Typed as the base class, so a subclass may widen the union (msgspec
     # decodes with the real union below).
@@ -121,7 +123,8 @@ else:
 class FusionAuthAPIConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The ``auth`` section.
 
-    ``backend`` is a tagged union on ``type`` (``basic``, ``ldap``, ``oidc``):
+    ``backend`` is a tagged union on ``type`` (``basic``, ``ldap``, ``oidc``,
+    ``keycloak``):
     msgspec decodes it into that backend's config Struct. A service with its
     own backend type subclasses this Struct and widens the union::
 

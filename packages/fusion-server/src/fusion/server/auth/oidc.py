@@ -8,7 +8,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import quote_plus
 
 import aiohttp
@@ -25,7 +25,13 @@ from fusion.server.auth.backend import (
     LoginBodyError,
 )
 
-__all__ = ["ASYMMETRIC_ALGORITHMS", "OIDCBackend", "OIDCBackendConfig"]
+__all__ = [
+    "ASYMMETRIC_ALGORITHMS",
+    "KeycloakBackend",
+    "KeycloakBackendConfig",
+    "OIDCBackend",
+    "OIDCBackendConfig",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -56,6 +62,12 @@ class OIDCBackendConfig(FusionAuthBackendConfig, tag="oidc", kw_only=True):
     """Which token of the code exchange gives the identity."""
     audience: list[str] = msgspec.field(default_factory=list)
     """Accepted ``aud`` values (the client id when empty)."""
+    accept_azp: bool = False
+    """Also accept a token whose ``azp`` (authorized party) is ``client_id`` when
+    its ``aud`` names none of ``audience``: Keycloak's access tokens name the
+    client that asked for them in ``azp`` and carry it in ``aud`` only with an
+    audience mapper. A token neither for nor obtained by this client is still
+    refused."""
     algorithms: list[str] = msgspec.field(default_factory=lambda: ["RS256", "ES256"])
     """Asymmetric algorithms only: ``none`` and HS* are refused."""
     leeway: float = 30.0
@@ -118,6 +130,47 @@ class OIDCBackendConfig(FusionAuthBackendConfig, tag="oidc", kw_only=True):
 
     def build(self) -> OIDCBackend:
         return OIDCBackend(self)
+
+
+class KeycloakBackendConfig(OIDCBackendConfig, tag="keycloak", kw_only=True):
+    """``type: keycloak``: the OIDC backend on one Keycloak realm, whose
+    ``GET /api/auth/config`` answers what the older servers' web front-ends
+    read to send the browser to Keycloak's login page.
+
+    The issuer is ``<host>/realms/<realm>``, as Keycloak lays out a realm (its
+    discovery document at ``<issuer>/.well-known/openid-configuration``);
+    discovery, the code exchange and token validation are the OIDC backend's,
+    and every ``oidc`` option applies. The defaults follow the older
+    framework: the user is read from the access token (``preferred_username``
+    and the ``groups`` claim of Keycloak's group membership mapper), whose
+    ``azp`` names this client.
+    """
+
+    host: str
+    """Keycloak's base URL, before ``/realms``: ``https://sso.example.org``, or
+    ``https://sso.example.org/auth`` for a Keycloak serving under ``/auth``
+    (before version 17, or run with ``--http-relative-path=/auth``)."""
+    realm: Annotated[str, msgspec.Meta(pattern=r"^[^/?#%\s]+$")]
+    """The realm's name, as in its URLs."""
+    issuer: str = ""
+    """Derived from ``host`` and ``realm``: leave it out."""
+    identity_source: Literal["id_token", "access_token"] = "access_token"
+    """The older framework read the user from the access token."""
+    accept_azp: bool = True
+    """Keycloak's access tokens name this client in ``azp`` (``aud`` needs an
+    audience mapper)."""
+
+    def __post_init__(self) -> None:
+        if not self.host.startswith(("https://", "http://")):
+            raise ValueError("host must be an http(s) URL")
+        issuer = f"{self.host.rstrip('/')}/realms/{self.realm}"
+        if self.issuer and self.issuer != issuer:
+            raise ValueError(f"issuer is derived from host and realm ({issuer}): leave it out")
+        self.issuer = issuer
+        super().__post_init__()
+
+    def build(self) -> KeycloakBackend:
+        return KeycloakBackend(self)
 
 
 class _ProviderMetadata(msgspec.Struct, kw_only=True):
@@ -476,25 +529,44 @@ class OIDCBackend(FusionAuthBackend):
         if kid is not None and not isinstance(kid, str):
             raise _Refused("kid is not a string")
         key = await self._key_for(kid, alg)
-        required = sorted({*config.required_claims, "exp", "iss", "aud"})
+        # With accept_azp, aud may be absent or name another service: checked below.
+        required = sorted(
+            {*config.required_claims, "exp", "iss", *(() if config.accept_azp else ("aud",))}
+        )
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key=key.jwk.key,
                 algorithms=[alg],
-                audience=self._audience,
+                audience=None if config.accept_azp else self._audience,
                 issuer=config.issuer,
                 leeway=config.leeway,
-                options={"require": required, "verify_signature": True},
+                options={
+                    "require": required,
+                    "verify_signature": True,
+                    "verify_aud": not config.accept_azp,
+                },
             )
         except jwt.InvalidTokenError as error:
             raise _Refused(str(error)) from None
+        if config.accept_azp:
+            self._check_audience_or_azp(claims)
         issued = claims.get("iat")
         if issued is not None and (
             not isinstance(issued, int | float) or issued > time.time() + config.leeway
         ):
             raise _Refused("iat is in the future")
         return claims
+
+    def _check_audience_or_azp(self, claims: dict[str, Any]) -> None:
+        """For accept_azp: one of ``audience`` in ``aud``, or ``azp`` is the client id."""
+        aud = claims.get("aud")
+        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        if any(name in self._audience for name in audiences if isinstance(name, str)):
+            return
+        if claims.get("azp") == self.config.client_id:
+            return
+        raise _Refused(f"token for another client (aud {aud!r}, azp {claims.get('azp')!r})")
 
     def _identity(self, claims: dict[str, Any]) -> Identity:
         config = self.config
@@ -545,3 +617,29 @@ def _claim(claims: dict[str, Any], path: str) -> Any:
             return None
         value = value[part]
     return value
+
+
+class KeycloakBackend(OIDCBackend):
+    """The OIDC backend on a Keycloak realm; its auth config is the older
+    servers' ``keycloak`` one (``host``, ``realm``, ``client``, ``redirect_uri``)."""
+
+    type = "keycloak"
+
+    def __init__(self, config: KeycloakBackendConfig) -> None:
+        super().__init__(config)
+        self.keycloak = config
+
+    def info(self) -> AuthInfo:
+        config = self.keycloak
+        # The front-ends send the browser to
+        # <host>/realms/<realm>/protocol/openid-connect/auth?client_id=<client>&...
+        # (they strip one trailing slash; the older servers sent one).
+        return AuthInfo(
+            type=self.type,
+            parameters={
+                "host": config.host.rstrip("/") + "/",
+                "realm": config.realm,
+                "client": config.client_id,
+                "redirect_uri": config.redirect_uri,
+            },
+        )
