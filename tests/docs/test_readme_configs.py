@@ -65,7 +65,7 @@ def test_readmes_document_every_backend() -> None:
         auth = _parse(text).get("auth") or {}
         backend = auth.get("backend") or {}
         types.add(backend.get("type"))
-    assert {"basic", "ldap", "oidc"} <= types, f"backends documented: {types}"
+    assert {"basic", "ldap", "oidc", "keycloak"} <= types, f"backends documented: {types}"
     assert any("event" in _parse(text) and "download" in _parse(text) for _w, text in BLOCKS)
 
 
