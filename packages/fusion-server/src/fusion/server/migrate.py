@@ -34,6 +34,7 @@ from fusion.server.config import (
 __all__ = [
     "FRAMEWORK_SECTIONS",
     "KEY_TRANSLATIONS",
+    "Converter",
     "KeyTranslation",
     "MigrationResult",
     "migrate_config",
@@ -48,7 +49,7 @@ class _Absent:
     """A converter's answer: the key has no Fusion counterpart (omitted)."""
 
 
-ABSENT = _Absent()
+_ABSENT = _Absent()
 
 
 @dataclass
@@ -70,7 +71,7 @@ class MigrationResult:
 
 
 Converter = Callable[[Any, MigrationResult, dict[str, Any]], Any]
-"""``(old value, result, whole old config) -> new value`` (or :data:`ABSENT`)."""
+"""``(old value, result, whole old config) -> new value`` (``_ABSENT``: no key)."""
 
 
 def _same(value: Any, result: MigrationResult, old: dict[str, Any]) -> Any:
@@ -99,7 +100,7 @@ def _tls(value: Any, key: str, result: MigrationResult) -> Any:
             result.cannot(f"{key}.{name}", "unknown TLS setting of the older framework")
         return {names[name]: item for name, item in value.items() if name in names and item}
     result.cannot(key, f"expected true, false, a fingerprint or a mapping, got {value!r}")
-    return ABSENT
+    return _ABSENT
 
 
 def _event_ssl(value: Any, result: MigrationResult, old: dict[str, Any]) -> Any:
@@ -112,12 +113,12 @@ def _samesite(value: Any, result: MigrationResult, old: dict[str, Any]) -> Any:
     found = _SAMESITE.get(str(value).lower())
     if found is None:
         result.cannot("auth_api.cookie.samesite", f"{value!r} is not Strict, Lax or None")
-        return ABSENT
+        return _ABSENT
     return found
 
 
 def _secure(value: Any, result: MigrationResult, old: dict[str, Any]) -> Any:
-    return ABSENT if value is None else bool(value)
+    return _ABSENT if value is None else bool(value)
 
 
 def _basic_users(basic: dict[str, Any], result: MigrationResult) -> list[dict[str, Any]]:
@@ -200,22 +201,22 @@ _BACKENDS: dict[str, Callable[[dict[str, Any], MigrationResult], Any]] = {
 def _backend(value: Any, result: MigrationResult, old: dict[str, Any]) -> Any:
     if not isinstance(value, dict):
         result.cannot("auth_api.backend", "expected a mapping")
-        return ABSENT
+        return _ABSENT
     for name in value.keys() - {"strategy", *_BACKENDS}:
         result.cannot(f"auth_api.backend.{name}", "unknown key of the auth backend")
     strategy = value.get("strategy")
     if not strategy:
         result.drop("auth_api.backend", "no strategy: no login backend (logins answer 501)")
-        return ABSENT
+        return _ABSENT
     build = _BACKENDS.get(str(strategy))
     if build is None:
         result.cannot("auth_api.backend.strategy", f"unknown strategy {strategy!r}")
-        return ABSENT
+        return _ABSENT
     for name in _BACKENDS.keys() - {strategy}:
         if any(item for item in (value.get(name) or {}).values()):
             result.drop(f"auth_api.backend.{name}", f"not used by strategy {strategy}")
     built = build(value, result)
-    return built if built else ABSENT
+    return built if built else _ABSENT
 
 
 def _clients(value: Any, result: MigrationResult, old: dict[str, Any]) -> Any:
@@ -248,14 +249,14 @@ def _clients(value: Any, result: MigrationResult, old: dict[str, Any]) -> Any:
 
 def _iron_key(value: Any, result: MigrationResult, old: dict[str, Any]) -> Any:
     if not value:
-        return ABSENT  # null: no federation key
+        return _ABSENT  # null: no federation key
     if not isinstance(value, str) or len(value) < _MIN_KEY_LENGTH:
         result.cannot(
             "auth_api.iron_key",
             f"Fusion refuses federation keys shorter than {_MIN_KEY_LENGTH} characters:"
             " issue a new key",
         )
-        return ABSENT
+        return _ABSENT
     return {"key": value}
 
 
@@ -266,7 +267,7 @@ def _sorted_set(value: Any, result: MigrationResult, old: dict[str, Any]) -> Any
 def _synchronizer(value: Any, result: MigrationResult, old: dict[str, Any]) -> Any:
     if not isinstance(value, dict):
         result.cannot("synchronizer", "expected a mapping")
-        return ABSENT
+        return _ABSENT
     for name in value.keys() - {"enabled", "directory"}:
         result.cannot(f"synchronizer.{name}", "unknown key of the synchronizer")
     if value.get("directory"):
@@ -277,7 +278,7 @@ def _synchronizer(value: Any, result: MigrationResult, old: dict[str, Any]) -> A
         )
     if not value.get("enabled", False):
         result.drop("synchronizer.enabled", "false: no synchronizer section")
-        return ABSENT
+        return _ABSENT
     return {}
 
 
@@ -362,7 +363,7 @@ def _walk(
             result.drop(old_path, translation.note)
             return
         converted = translation.convert(value, result, old)
-        if converted is not ABSENT:
+        if converted is not _ABSENT:
             _set(result.config, translation.new, converted)
         return
     if isinstance(value, dict) and any(key.startswith(old_path + ".") for key in _BY_OLD):
