@@ -71,6 +71,7 @@ def create(config: MigratedConfig) -> FusionServer:
 ANALYST_PASSWORD = "older-analyst-password"
 ROBOT_KEY = "older-robot-key-0123456789abcdef"
 IRON_KEY = "older-iron-key-0123456789abcdef"
+OLDER_VIEWER_DIGEST = PasswordHasher().hash("viewer-password")
 
 
 def old_config(directory: Path) -> dict[str, Any]:
@@ -106,7 +107,8 @@ def old_config(directory: Path) -> dict[str, Any]:
                             "digest": cheap_password_hash(ANALYST_PASSWORD),
                             "groups": ["analysts"],
                         },
-                        {"username": "viewer", "digest": cheap_password_hash("viewer-password")},
+                        # Made exactly as the older framework did: PasswordHasher() defaults.
+                        {"username": "viewer", "digest": OLDER_VIEWER_DIGEST},
                     ],
                     "groups": ["readers"],
                 },
@@ -167,8 +169,10 @@ def test_every_section_migrates_and_passes_check_config(
     code, new, stderr = _migrate(run_main, source, "--app", "migrated_service:create")
     assert code == 0, stderr
     assert "cannot translate" not in stderr
-    # Keys Fusion needs no counterpart of are named, with why.
+    # Keys Fusion needs no counterpart of are named, with why; and what to set by hand.
     assert "auth_api.cookie.secret_key: dropped: sessions live in the shared store" in stderr
+    assert "info_api: note: the older service named itself in its code" in stderr
+    assert "event_api: note: set event.source" in stderr
     assert new["server"] == {"host": "127.0.0.1", "port": 8443, "max_body_size": 8388608}
     assert new["shared_store"] == {"url": "redis://127.0.0.1:6379/3"}
     assert new["storage"] == {"data_dir": str(tmp_path / "storage")}
@@ -268,6 +272,7 @@ def test_keycloak_strategy_becomes_the_oidc_backend_of_the_realm(
         "tls": {"verify": False},
     }
     assert "auth_api.backend.basic: dropped: not used by strategy keycloak" in stderr
+    assert "auth_api.backend.keycloak: note: translated to the oidc backend" in stderr
     checked = run_main(main, "check-config", str(write_config(tmp_path / "new.yml", new)))
     assert checked.code == 0, checked.stderr
     assert "auth backend oidc" in checked.stdout

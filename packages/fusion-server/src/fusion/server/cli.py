@@ -396,6 +396,8 @@ def _migrate_config(args: argparse.Namespace) -> int:
     sys.stdout.write(msgspec.yaml.encode(result.config).decode())
     for key, reason in result.dropped:
         print(f"fusion-server: {args.file}: {key}: dropped: {reason}", file=sys.stderr)
+    for key, text in result.notes:
+        print(f"fusion-server: {args.file}: {key}: note: {text}", file=sys.stderr)
     for key, reason in result.untranslated:
         print(f"fusion-server: {args.file}: {key}: cannot translate: {reason}", file=sys.stderr)
     return _EXIT_CONFIG if result.untranslated else 0

@@ -7,7 +7,8 @@ converter. Sections that are not the framework's (a service's own:
 ``connectors``, ``analyzer``, ``iris_client``...) are carried through
 unchanged. Every key that is not translated is named with the reason: a
 ``cannot translate`` line needs the operator (the command exits 2), a
-``dropped`` line only says why Fusion needs no such key.
+``dropped`` line only says why Fusion needs no such key, a ``note`` says what
+to know about a translated one.
 
 Password digests: the older ``basic`` backend hashed with argon2-cffi's
 default ``PasswordHasher`` (argon2id, PHC string ``$argon2id$v=19$...``),
@@ -61,13 +62,18 @@ class MigrationResult:
     untranslated: list[tuple[str, str]] = field(default_factory=list)
     """``(old key, reason)`` of every key the operator must deal with (exit 2)."""
     dropped: list[tuple[str, str]] = field(default_factory=list)
-    """``(old key, reason)`` of keys Fusion needs no counterpart of, and notes."""
+    """``(old key, reason)`` of keys Fusion needs no counterpart of."""
+    notes: list[tuple[str, str]] = field(default_factory=list)
+    """``(old key, note)``: translated, with something for the operator to know."""
 
     def cannot(self, key: str, reason: str) -> None:
         self.untranslated.append((key, reason))
 
     def drop(self, key: str, reason: str) -> None:
         self.dropped.append((key, reason))
+
+    def note(self, key: str, text: str) -> None:
+        self.notes.append((key, text))
 
 
 Converter = Callable[[Any, MigrationResult, dict[str, Any]], Any]
@@ -181,7 +187,7 @@ def _keycloak(keycloak: dict[str, Any], result: MigrationResult) -> dict[str, An
         backend["client_secret"] = keycloak["client_secret"]
     if keycloak.get("verify") is False:
         backend["tls"] = {"verify": False}
-    result.drop(
+    result.note(
         "auth_api.backend.keycloak",
         "translated to the oidc backend on the realm's issuer; its GET /api/auth/config"
         " says type oidc (use the Keycloak flavour where the older front-ends read keycloak)",
@@ -382,12 +388,18 @@ def _derived(old: dict[str, Any], result: MigrationResult) -> None:
     if "download_api" in old and directory:
         # The older download API served any path; Fusion's only files under its roots.
         _set(result.config, "download.roots", [str(directory)])
-        result.drop("download_api", f"download.roots set to the storage directory {directory!r}")
+        result.note("download_api", f"download.roots set to the storage directory {directory!r}")
+    if "info_api" in old:
+        result.note(
+            "info_api",
+            "the older service named itself in its code (Info(api=..., version=...)):"
+            " set info.api and info.version, which GET /api/info answers",
+        )
     if "event_api" in old:
-        result.drop(
+        result.note(
             "event_api",
-            "event.webhook_prefixes is empty: case webhooks are refused until it lists"
-            " the allowed URL prefixes",
+            "set event.source to the service's name (its events' source); event.webhook_prefixes"
+            " is empty: case webhooks are refused until it lists the allowed URL prefixes",
         )
 
 
