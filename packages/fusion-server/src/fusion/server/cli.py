@@ -422,9 +422,16 @@ def _import_data(args: argparse.Namespace) -> int:
     app = _AppFactory.load(args.app) if args.app is not None else None
     if not args.directory.is_dir():
         raise CommandError(f"{args.directory}: not a directory", _EXIT_CONFIG)
-    config = _read_config(
-        args.config, args.data_dir, app.config_type if app is not None else FusionServerConfig
+    config_type = app.config_type if app is not None else FusionServerConfig
+    # Without --config: the storage serve uses without one (./fusion-data), and
+    # nothing else of the embedded defaults (no admin password made here).
+    config = (
+        load_config(args.config, config_type)
+        if args.config is not None
+        else decode_config({}, config_type, source="defaults")
     )
+    if args.data_dir is not None:
+        config.storage.data_dir = str(args.data_dir)
     try:
         report = asyncio.run(_import_into(app, config, args.directory))
     except CommandError:
