@@ -289,6 +289,7 @@ def test_untranslatable_keys_are_named_one_line_each_with_exit_2(
     old["server"]["workers"] = 4
     old["storage"]["generaptor"] = {"cache": "/cache", "config": "/config"}
     old["synchronizer"]["directory"] = str(tmp_path / "sync")
+    old["event"] = {"colour": "blue"}  # a service section named like a Fusion one
     code, new, stderr = _migrate(run_main, write_config(tmp_path / "old.yml", old))
     assert code == 2
     lines = [line for line in stderr.splitlines() if ": cannot translate: " in line]
@@ -300,6 +301,7 @@ def test_untranslatable_keys_are_named_one_line_each_with_exit_2(
             "server.workers",
             "storage.generaptor",
             "synchronizer.directory",
+            "event",
         ]
     ), stderr
     assert any("re-hash the password with `fusion-server hash-password`" in line for line in lines)

@@ -417,6 +417,9 @@ def migrate_config(
     for section, value in old.items():
         new_section = FRAMEWORK_SECTIONS.get(section)
         if new_section is None:
+            if section in FusionServerConfig.__struct_fields__:
+                result.cannot(section, "a service section with the name of a Fusion section")
+                continue
             result.config[section] = value  # the service's own section, unchanged
             continue
         if section in _BY_OLD:
