@@ -1,4 +1,5 @@
-"""The ``fusion-server`` command: serve, hash-password, check-config.
+"""The ``fusion-server`` command: serve, hash-password, check-config, migrate-config,
+import-data.
 
 ``serve`` and ``check-config`` take ``--app package.module:factory``, a
 service's factory: given the configuration decoded with the class its first
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
+import msgspec
 from aiohttp import web
 
 from fusion.helper.config import did_you_mean
@@ -32,7 +34,15 @@ from fusion.server.__about__ import __version__
 from fusion.server.app import FusionServer, serve_app
 from fusion.server.appkeys import STORE
 from fusion.server.auth.basic import hash_password
-from fusion.server.config import ConfigError, FusionServerConfig, decode_config, load_config
+from fusion.server.config import (
+    ConfigError,
+    FusionServerConfig,
+    _parse_file,
+    decode_config,
+    load_config,
+)
+from fusion.server.import_data import ImportReport, import_cases
+from fusion.server.migrate import migrate_config
 
 __all__ = ["embedded_config", "main"]
 
@@ -377,6 +387,70 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate_config(args: argparse.Namespace) -> int:
+    app = _AppFactory.load(args.app) if args.app is not None else None
+    old = _parse_file(args.file)
+    if not isinstance(old, dict):
+        raise ConfigError(f"{args.file}: expected a mapping at the top level")
+    result = migrate_config(old, app.config_type if app is not None else None)
+    sys.stdout.write(msgspec.yaml.encode(result.config).decode())
+    for key, reason in result.dropped:
+        print(f"fusion-server: {args.file}: {key}: dropped: {reason}", file=sys.stderr)
+    for key, text in result.notes:
+        print(f"fusion-server: {args.file}: {key}: note: {text}", file=sys.stderr)
+    for key, reason in result.untranslated:
+        print(f"fusion-server: {args.file}: {key}: cannot translate: {reason}", file=sys.stderr)
+    return _EXIT_CONFIG if result.untranslated else 0
+
+
+async def _import_into(
+    app: _AppFactory | None, config: FusionServerConfig, old_dir: Path
+) -> ImportReport:
+    made = FusionServer(config) if app is None else app.make(config)
+    if not isinstance(made, FusionServer):
+        raise CommandError(
+            f"--app {app.reference if app else ''}: import-data needs a factory returning"
+            " a FusionServer (its storage and case type)",
+            _EXIT_CONFIG,
+        )
+    storage = made.storage if made.storage is not None else made.create_storage()
+    async with storage:
+        return await import_cases(old_dir, storage, made.case_type)
+
+
+def _import_data(args: argparse.Namespace) -> int:
+    app = _AppFactory.load(args.app) if args.app is not None else None
+    if not args.directory.is_dir():
+        raise CommandError(f"{args.directory}: not a directory", _EXIT_CONFIG)
+    config_type = app.config_type if app is not None else FusionServerConfig
+    # Without --config: the storage serve uses without one (./fusion-data), and
+    # nothing else of the embedded defaults (no admin password made here).
+    config = (
+        load_config(args.config, config_type)
+        if args.config is not None
+        else decode_config({}, config_type, source="defaults")
+    )
+    if args.data_dir is not None:
+        config.storage.data_dir = str(args.data_dir)
+    try:
+        report = asyncio.run(_import_into(app, config, args.directory))
+    except CommandError:
+        raise
+    except Exception as exc:
+        _LOGGER.debug("import failed", exc_info=True)
+        raise CommandError(f"cannot import: {type(exc).__name__}: {exc}") from None
+    for name, reason in report.refused:
+        print(f"fusion-server: {args.directory / name}: refused: {reason}", file=sys.stderr)
+    for guid in report.differs:
+        print(
+            f"fusion-server: {args.directory / str(guid)}: already present with other"
+            " content (the stored case is kept)",
+            file=sys.stderr,
+        )
+    print(f"{args.directory}: {report.summary()}")
+    return _EXIT_RUNTIME if report.refused else 0
+
+
 _APP_HELP = (
     "a service's factory, package.module:factory: a callable given the configuration"
     " (decoded with the FusionServerConfig subclass its first parameter is annotated"
@@ -417,6 +491,29 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--app", metavar="MODULE:FACTORY", help=_APP_HELP)
     check.add_argument("file", type=Path)
     check.set_defaults(run=_check_config)
+    migrate = commands.add_parser(
+        "migrate-config",
+        help="print the Fusion configuration of an older (edf-fusion) service's file",
+        description="Translate an older framework's configuration file into Fusion's"
+        " (YAML on stdout). Keys it cannot translate are named on stderr (exit 2);"
+        " with --app, the result is validated with the service's configuration class.",
+    )
+    migrate.add_argument("--app", metavar="MODULE:FACTORY", help=_APP_HELP)
+    migrate.add_argument("file", type=Path)
+    migrate.set_defaults(run=_migrate_config)
+    importing = commands.add_parser(
+        "import-data",
+        help="import an older service's data directory (<dir>/<guid>/metadata.json)",
+        description="Import the cases (and identities) of an older service's storage"
+        " directory into the configured storage; idempotent. Exit 1 when a folder is refused.",
+    )
+    importing.add_argument("--app", metavar="MODULE:FACTORY", help=_APP_HELP)
+    importing.add_argument("--config", type=Path, help="configuration file (YAML, JSON or TOML)")
+    importing.add_argument(
+        "--data-dir", type=Path, help="data directory (default ./fusion-data without --config)"
+    )
+    importing.add_argument("directory", type=Path, help="the older storage.directory")
+    importing.set_defaults(run=_import_data)
     return parser
 
 
