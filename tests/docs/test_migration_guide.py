@@ -1,0 +1,163 @@
+"""docs/migration.md covers every ``edf_fusion`` name the older services use.
+
+``tests/docs/edf_fusion_names.txt`` is the output of ``tools/edf_names.py``
+over the five services built on the older framework (edf-carbon-server,
+edf-helium-server, edf-iron-server, edf-iron-x-iris, edf-neon-server). The
+guide's table must have one row per name of that list, each row naming a
+Fusion name that exists (or saying "none" and what to do instead). This check
+reads only files of the repository, so it never skips.
+
+Whether the list is still what the script makes from the services is checked
+only where their unpacked wheels are (``$EDF_DIR``, by default ``/tmp/edf``):
+the wheels are not part of the repository, so that one test skips elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+GUIDE = ROOT / "docs" / "migration.md"
+NAMES = Path(__file__).with_name("edf_fusion_names.txt")
+SCRIPT = ROOT / "tools" / "edf_names.py"
+EDF_DIR = Path(os.environ.get("EDF_DIR", "/tmp/edf"))
+_TABLE_HEADING = "## Every older name"
+_ROW_RE = re.compile(r"^\| `(?P<old>edf_fusion\.[\w.]+)` \| (?P<new>.*?) \| (?P<why>.*) \|$")
+_FUSION_NAME_RE = re.compile(r"^`(?P<name>fusion\.[\w.]+)`$")
+
+
+def load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("fusion_edf_names", SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fusion_edf_names"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def listed_names() -> list[str]:
+    return NAMES.read_text(encoding="utf-8").split()
+
+
+def table_rows() -> dict[str, tuple[str, str]]:
+    """``old name -> (Fusion column, why column)`` of the guide's names table."""
+    text = GUIDE.read_text(encoding="utf-8")
+    assert _TABLE_HEADING in text, f"{GUIDE.name} has no {_TABLE_HEADING!r} section"
+    section = text.split(_TABLE_HEADING, 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, tuple[str, str]] = {}
+    for line in section.splitlines():
+        match = _ROW_RE.match(line)
+        if match is None:
+            continue
+        assert match["old"] not in rows, f"{match['old']} has two rows"
+        rows[match["old"]] = (match["new"].strip(), match["why"].strip())
+    return rows
+
+
+def resolve(dotted: str) -> object:
+    """The object a dotted name names: the longest importable module, then attributes."""
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            found: object = importlib.import_module(".".join(parts[:split]))
+        except ModuleNotFoundError:
+            continue
+        for attribute in parts[split:]:
+            found = getattr(found, attribute)  # AttributeError: the guide names nothing
+        return found
+    raise ModuleNotFoundError(dotted)
+
+
+def test_the_list_holds_the_services_names() -> None:
+    names = listed_names()
+    assert names == sorted(set(names)), "the list is sorted and has each name once"
+    assert len(names) >= 50, f"only {len(names)} names: the list was truncated"
+    # A few every service uses: the list is the real one, not an empty placeholder.
+    for name in (
+        "edf_fusion.server.auth.Action",
+        "edf_fusion.server.storage.FusionStorage",
+        "edf_fusion.helper.logging.get_logger",
+        "edf_fusion.client.FusionClient",
+    ):
+        assert name in names
+
+
+def test_the_guide_has_a_row_for_every_name() -> None:
+    rows = table_rows()
+    missing = [name for name in listed_names() if name not in rows]
+    assert not missing, f"docs/migration.md's table misses: {', '.join(missing)}"
+
+
+def test_the_guide_has_no_row_for_a_name_no_service_uses() -> None:
+    # A row the list does not have is a typo in the old name, or a name the
+    # services stopped using (then regenerate the list with tools/edf_names.py).
+    extra = sorted(set(table_rows()) - set(listed_names()))
+    assert not extra, f"rows for names outside edf_fusion_names.txt: {', '.join(extra)}"
+
+
+def test_every_row_names_a_fusion_name_that_exists_or_says_what_to_do() -> None:
+    for old, (new, why) in table_rows().items():
+        assert why, f"{old}: the row does not say what changed"
+        if new == "none":
+            assert len(why) > 20, f"{old}: no equivalent, and the row does not say what to do"
+            continue
+        match = _FUSION_NAME_RE.match(new)
+        assert match is not None, f"{old}: {new!r} is neither `fusion.<module>.<name>` nor none"
+        try:
+            resolve(match["name"])
+        except (ImportError, AttributeError) as exc:
+            pytest.fail(f"{old}: the guide names {match['name']}, which does not exist ({exc})")
+
+
+def test_the_script_reads_every_import_form() -> None:
+    script = load_script()
+    source = "\n".join(
+        [
+            "import os",
+            "import edf_fusion.helper.zip as zipping",
+            "import edf_fusion.server.case",
+            "from edf_fusion.concept import Case as FusionCase, Identity",
+            "from edf_fusion_other import Thing",  # another package, not edf_fusion
+            "from . import local",
+            "zipping.create_zip(a, b)",
+            "edf_fusion.server.case.FusionCaseAPI",
+            "os.path.join('a')",
+        ]
+    )
+    assert script.names_in_source(source) == {
+        "edf_fusion.helper.zip.create_zip",
+        "edf_fusion.server.case.FusionCaseAPI",
+        "edf_fusion.concept.Case",
+        "edf_fusion.concept.Identity",
+    }
+
+
+def test_the_list_is_what_the_script_makes_from_the_services() -> None:
+    if not all((EDF_DIR / service).is_dir() for service in load_script().SERVICES):
+        pytest.skip(
+            f"the older services' unpacked wheels are not in {EDF_DIR} (set EDF_DIR): "
+            "they are not part of the repository; the guide's table is still checked "
+            "against the committed list by the other tests"
+        )
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(EDF_DIR)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == NAMES.read_text(encoding="utf-8"), (
+        "tests/docs/edf_fusion_names.txt is stale: "
+        "python tools/edf_names.py > tests/docs/edf_fusion_names.txt"
+    )
