@@ -23,12 +23,13 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.cookies import SimpleCookie
 from pathlib import Path
-from typing import IO, Any, NoReturn, cast
+from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
 from uuid import UUID
 
 import msgspec
@@ -55,6 +56,9 @@ from fusion.client.profiles import (
 )
 from fusion.concept import Case, ConceptError, PendingDownloadKey, utcnow
 from fusion.helper.config import TLSConfig
+
+if TYPE_CHECKING:
+    from fusion.client.cli_render import ProgressBar
 
 __all__ = [
     "EXIT_API_ERROR",
@@ -215,11 +219,24 @@ def _assignments(values: Sequence[str] | None, option: str, *, as_json: bool) ->
     return found
 
 
-def _progress(label: str) -> Any:
-    """A progress bar on stderr when it is a terminal (and not ``--quiet``), else ``None``."""
+@contextmanager
+def _progress(label: str, quiet: bool) -> Iterator[ProgressBar | None]:
+    """A progress bar on stderr when it is a terminal and not ``--quiet``, else ``None``.
+
+    Its line is ended however the transfer ends, so an error never lands on the bar.
+    """
     from fusion.client.cli_render import ProgressBar
 
-    return ProgressBar(sys.stderr, label) if sys.stderr.isatty() else None
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    bar = ProgressBar(sys.stderr, label)
+    try:
+        yield bar
+    except BaseException:
+        bar.abort()
+        raise
+    bar.done()
 
 
 # -- commands -------------------------------------------------------------
@@ -376,12 +393,10 @@ def _download_reference(value: str) -> PendingDownloadKey | str:
 
 async def _download(ctx: Context, reference: PendingDownloadKey | str, output: str | None) -> Path:
     destination = Path(output) if output else Path.cwd()
-    bar = None if ctx.args.quiet else _progress("download")
-    path = await FusionDownloadAPIClient(ctx.client).download(
-        reference, destination, on_progress=bar
-    )
-    if bar is not None:
-        bar.done(path)
+    with _progress("download", ctx.args.quiet) as bar:
+        path = await FusionDownloadAPIClient(ctx.client).download(
+            reference, destination, on_progress=bar
+        )
     if ctx.args.json:
         _print_json({"path": str(path)})
     else:
@@ -456,10 +471,11 @@ async def cmd_call(ctx: Context) -> None:
         if args.json_body is not None:
             raise UsageError("--json and --file cannot go together: send fields with --field")
         part, path = _file_part(args.file)
-        data = await ctx.client.upload(
-            args.path, path, field=part, fields=fields, method=method,
-            params=params or None, on_progress=None if args.quiet else _progress(path.name),
-        )  # fmt: skip
+        with _progress(path.name, args.quiet) as bar:
+            data = await ctx.client.upload(
+                args.path, path, field=part, fields=fields, method=method,
+                params=params or None, on_progress=bar,
+            )  # fmt: skip
     else:
         if fields:
             raise UsageError("--field goes with --file (a multipart upload): use --json instead")
@@ -480,16 +496,11 @@ async def cmd_call(ctx: Context) -> None:
 async def cmd_upload(ctx: Context) -> None:
     args = ctx.args
     path = Path(args.file)
-    bar = None if args.quiet else _progress(path.name)
-    data = await ctx.client.upload(
-        args.path,
-        path,
-        field=args.part,
-        fields=_assignments(args.field, "--field", as_json=False),
-        on_progress=bar,
-    )
-    if bar is not None:
-        bar.done(path)
+    fields = _assignments(args.field, "--field", as_json=False)
+    with _progress(path.name, args.quiet) as bar:
+        data = await ctx.client.upload(
+            args.path, path, field=args.part, fields=fields, on_progress=bar
+        )
     _print_data(ctx, data)
 
 

@@ -6,7 +6,6 @@ import shutil
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import IO, Any
 
 from fusion.client.progress import TransferProgress
@@ -75,11 +74,33 @@ def _when(value: Any) -> str:
         return str(value)
 
 
+SHORT_GUID = 8
+"""Characters of a GUID shown when whole ones do not fit (a prefix the command resolves)."""
+
+
 def case_table(cases: Sequence[Mapping[str, Any]], *, width: int | None) -> str:
-    """``cases list``: one line per case, the name and ACS cut to fit ``width``."""
-    rows = [
+    """``cases list``: one line per case, fitted to ``width``.
+
+    Too narrow for whole GUIDs beside 20 characters of name, the GUIDs are
+    shortened to their first characters (like git's short hashes); then the
+    name and the ACS are cut.
+    """
+    headers = ("GUID", "STATE", "CREATED", "ACS", "NAME")
+    rows = _case_rows(cases, None)
+    if width is not None:
+        fixed = sum(max(len(row[i]) for row in rows) for i in range(3)) + 2 * 4
+        acs = max(len(row[3]) for row in rows) if rows else 0
+        if fixed + min(acs, 12) + 20 > width:
+            rows = _case_rows(cases, SHORT_GUID)
+    return table(rows, headers, width=width, shrink=(3, 4))
+
+
+def _case_rows(
+    cases: Sequence[Mapping[str, Any]], guid_length: int | None
+) -> list[tuple[str, ...]]:
+    return [
         (
-            str(case.get("guid", "")),
+            str(case.get("guid", ""))[:guid_length],
             "closed" if case.get("closed") else "open",
             _when(case.get("created")),
             ",".join(sorted(case.get("acs") or [])) or "-",
@@ -87,7 +108,6 @@ def case_table(cases: Sequence[Mapping[str, Any]], *, width: int | None) -> str:
         )
         for case in cases
     ]
-    return table(rows, ("GUID", "STATE", "CREATED", "ACS", "NAME"), width=width, shrink=(4, 3))
 
 
 def _value(value: Any) -> str:
@@ -113,15 +133,18 @@ def _short(value: Any, limit: int = 40) -> str:
 
 
 def case_changes(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> str:
-    """``field old → new`` for each field that changed (``updated`` aside)."""
+    """``field old → new`` for each field that changed (``updated`` aside), shortest first.
+
+    Shortest first, so that a line cut at the terminal's edge shows as many as it can.
+    """
     if before is None:
         return ""
     changes = [
-        f"{key} {_short(before.get(key))} → {_short(value)}"
+        f"{key} {_short(before.get(key), 24)} → {_short(value, 24)}"
         for key, value in after.items()
         if key not in _QUIET_FIELDS and before.get(key) != value
     ]
-    return ", ".join(changes)
+    return ", ".join(sorted(changes, key=len))
 
 
 def event_line(
@@ -212,9 +235,15 @@ class ProgressBar:
         self.out.write(f"\r{_cut(line, columns - 1)}\x1b[K")
         self.out.flush()
 
-    def done(self, path: Path | str) -> None:
-        step = self.last
-        if step is not None:
-            self._draw(step)  # the last chunk, however soon after the previous one
-            self.out.write(f"\n{path}: {size_text(step.done)} ({size_text(step.rate)}/s)\n")
+    def abort(self) -> None:
+        """End the bar's line where it stands (the transfer failed)."""
+        if self._drawn:
+            self.out.write("\n")
+            self.out.flush()
+
+    def done(self) -> None:
+        """Draw the last step (the bar at 100%) and end its line."""
+        if self.last is not None:
+            self._draw(self.last)  # however soon after the previous draw
+            self.out.write("\n")
         self.out.flush()
