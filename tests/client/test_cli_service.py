@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import signal
 import stat
 from collections.abc import Awaitable, Callable
@@ -382,3 +383,27 @@ async def test_bash_completion_script_completes(
     assert expected <= offered, offered
     if words[-1].startswith("--re"):
         assert offered == {"--reopen"}
+
+
+def test_readme_profiles_file_is_read(run_main: MainRunner, tmp_path: Path) -> None:
+    # The README's config.toml, written by hand, is what `profile list` reads.
+    readme = Path(__file__).resolve().parents[2] / "packages" / "fusion-client" / "README.md"
+    blocks = re.findall(r"```toml\n(.*?)```", readme.read_text(), flags=re.DOTALL)
+    assert len(blocks) == 1
+    config = tmp_path / "fusion-client" / "config.toml"
+    config.parent.mkdir()
+    config.write_text(blocks[0])
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    listed = run_main(main, "--json", "profile", "list", env=env)
+    assert listed.code == 0, listed
+    shown = msgspec.json.decode(listed.stdout)
+    assert shown["default"] == "triage"
+    assert shown["profiles"]["triage"]["case_type"] == "triage_cases:TriageCase"
+    assert len(shown["profiles"]["triage"]["urls"]) == 2
+    assert shown["profiles"]["hub"]["api_key"] == "..."
+    # A mistake in the file: one line naming it.
+    config.write_text(blocks[0].replace("urls =", "url ="))
+    broken = run_main(main, "profile", "list", env=env)
+    assert broken.code == 2
+    assert "config.toml" in broken.stderr
+    assert "url" in broken.stderr

@@ -11,7 +11,9 @@ from typing import IO, Any
 from fusion.client.progress import TransferProgress
 
 __all__ = [
+    "SHORT_GUID",
     "ProgressBar",
+    "case_changes",
     "case_details",
     "case_table",
     "event_line",

@@ -65,7 +65,7 @@ class ProfileFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The command's config file."""
 
     default: str | None = None
-    """The profile used when neither ``--profile``, ``$FUSION_PROFILE`` nor ``--url`` is given."""
+    """The profile used when no ``--profile``/``$FUSION_PROFILE`` nor ``--url``/``$FUSION_URL``."""
     profiles: dict[str, Profile] = msgspec.field(default_factory=dict)
 
 
