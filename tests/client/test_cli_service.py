@@ -30,6 +30,7 @@ from fusion_testing.fixtures_triage_cli import (
     cli_argv,
     cli_env,
 )
+from fusion_testing.services import free_port
 
 from fusion.client.cli import build_parser, main
 from fusion.client.cli_completion import command_words, completion_script
@@ -113,6 +114,8 @@ async def test_profile_session_follows_the_service_across_replicas(
     removed = await run_cli("profile", "remove", "triage")
     assert removed.code == 0, removed
     _one_error_line(await run_cli("whoami"), 2, "no service URL")
+    down = f"http://127.0.0.1:{free_port()}"
+    _one_error_line(await run_cli("--url", down, "info"), 3, "cannot connect", "check --url")
 
 
 async def test_case_type_keeps_severity_and_set_parses_json(

@@ -25,7 +25,7 @@ import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -150,7 +150,6 @@ class Context:
     client: FusionClient
     args: argparse.Namespace
     case_type: type[Case] = Case
-    resolved: list[str] = field(default_factory=list)
 
     def case(self, raw: Any) -> dict[str, Any]:
         """A case answered by the server, validated as ``case_type``, every field kept.
@@ -171,11 +170,9 @@ class Context:
     async def case_guid(self, text: str) -> str:
         """A full case GUID, or a prefix of exactly one of the caller's cases (like git)."""
         try:
-            guid = case_guid_str(text)
+            return case_guid_str(text)
         except ValueError:
-            guid = await self._guid_of_prefix(text)
-        self.resolved.append(guid)
-        return guid
+            return await self._guid_of_prefix(text)
 
     async def _guid_of_prefix(self, text: str) -> str:
         prefix = text.strip().lower()
@@ -202,20 +199,28 @@ Command = Callable[[Context], Awaitable[None]]
 LocalCommand = Callable[[argparse.Namespace], None]
 
 
-def _assignments(values: Sequence[str] | None, option: str, *, as_json: bool) -> dict[str, Any]:
-    """``key=value`` options; with ``as_json`` a value is JSON when it parses, else text."""
-    found: dict[str, Any] = {}
+def _pairs(values: Sequence[str] | None, option: str) -> list[tuple[str, str]]:
+    """``name=value`` options, in order (a name may repeat: ``--param tag=a --param tag=b``)."""
+    found: list[tuple[str, str]] = []
     for item in values or ():
         key, equal, text = item.partition("=")
         if not equal or not key.strip():
             raise UsageError(f"{option} {item!r}: expected name=value")
+        found.append((key.strip(), text))
+    return found
+
+
+def _assignments(values: Sequence[str] | None, option: str, *, as_json: bool) -> dict[str, Any]:
+    """``name=value`` options; with ``as_json`` a value is JSON when it parses, else text."""
+    found: dict[str, Any] = {}
+    for key, text in _pairs(values, option):
         value: Any = text
         if as_json:
             try:
                 value = msgspec.json.decode(text)
             except msgspec.DecodeError:
                 value = text
-        found[key.strip()] = value
+        found[key] = value
     return found
 
 
@@ -462,10 +467,7 @@ def _print_data(ctx: Context, data: Any) -> None:
 async def cmd_call(ctx: Context) -> None:
     args = ctx.args
     method = args.method.upper()
-    params = [
-        (key, str(value))
-        for key, value in _assignments(args.param, "--param", as_json=False).items()
-    ]
+    params = _pairs(args.param, "--param")
     fields = _assignments(args.field, "--field", as_json=False)
     if args.file is not None:
         if args.json_body is not None:
@@ -777,7 +779,7 @@ def _target(args: argparse.Namespace) -> _Target:
     )
 
 
-async def _run(args: argparse.Namespace) -> list[str]:
+async def _run(args: argparse.Namespace) -> None:
     target = _target(args)
     case_type = load_case_type(target.case_type) if target.case_type else Case
     private_dir(target.session.parent)
@@ -785,7 +787,7 @@ async def _run(args: argparse.Namespace) -> list[str]:
         async with FusionClient(target.config) as client:
             context = Context(client, args, case_type)
             await cast(Command, args.run)(context)
-            return context.resolved
+            return
     from fusion.client.cookies import FusionCookieJar
 
     # One jar for the profile's URLs: a session opened through one replica is sent to all.
@@ -804,7 +806,6 @@ async def _run(args: argparse.Namespace) -> list[str]:
             await cast(Command, args.run)(context)
         finally:
             client.save_cookies(target.session)
-    return context.resolved
 
 
 def _fail(code: int, message: str) -> int:
@@ -861,7 +862,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FusionAPIError as exc:
         return _api_failure(exc)
     except FusionConnectionError as exc:
-        return _fail(EXIT_CONNECTION_ERROR, str(exc))
+        hint = (
+            " (is the service running there? check --url)" if "cannot connect" in str(exc) else ""
+        )
+        return _fail(EXIT_CONNECTION_ERROR, f"{exc}{hint}")
     except FusionClientError as exc:
         return _fail(EXIT_API_ERROR, str(exc))
     except OSError as exc:
