@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from fusion_testing.fixtures_server import ServerProcess
 from fusion_testing.redis import RedisServer
@@ -51,6 +50,8 @@ class TriageReplicas:
 
 
 def _config(directory: Path) -> Path:
+    import yaml  # the example's YAML, plus a robot key (imported here: only these tests need it)
+
     config = yaml.safe_load((EXAMPLES / "triage.yml").read_text())
     config["auth"]["api_keys"] = [
         {"username": "robot", "groups": ["analysts"], "key": TRIAGE_ROBOT_KEY}
