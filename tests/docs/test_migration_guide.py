@@ -28,6 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from uuid import uuid4
 
 import msgspec
 import pytest
@@ -234,3 +235,38 @@ async def test_the_guide_keycloak_config_answers_the_auth_config_shown(
     assert status == 200, body
     assert body == msgspec.json.decode(guide_block("json", '"type": "keycloak"'))
     assert secret not in str(body)
+
+
+def test_import_data_prints_the_report_lines_the_guide_shows(
+    tmp_path: Path, run_main: MainRunner
+) -> None:
+    older = tmp_path / "older"
+    for index in range(3):
+        guid = str(uuid4())
+        case = {"guid": guid, "created": "2025-03-04T05:06:07+00:00", "name": f"case {index}"}
+        (older / guid).mkdir(parents=True)
+        (older / guid / "metadata.json").write_bytes(msgspec.json.encode(case))
+    identities = {"identities": [{"username": "alice", "groups": ["cert"]}, {"username": "bob"}]}
+    (older / "cache").mkdir()
+    (older / "cache" / "identities.json").write_bytes(msgspec.json.encode(identities))
+    shown = [
+        line.removeprefix("/srv/iron/data: ")
+        for line in guide_block("console", "import-data --app").splitlines()
+        if line.startswith("/srv/iron/data: ")
+    ]
+    assert len(shown) == 2, "the guide shows a first run and a second one"
+    printed = []
+    for _run in shown:
+        result = run_main(main, "import-data", "--data-dir", str(tmp_path / "data"), str(older))
+        assert result.code == 0, result.stderr
+        printed.append(result.stdout.strip().removeprefix(f"{older}: "))
+    assert printed == [
+        "imported 3, already present 0, refused 0, skipped 0 (not case folders);"
+        " identities: imported 2, already present 0",
+        "imported 0, already present 3, refused 0, skipped 0 (not case folders);"
+        " identities: imported 0, already present 2",
+    ]
+    # The guide's lines are these, with its own counts: the same words, the same order.
+    assert [re.sub(r"\d+", "N", line) for line in shown] == [
+        re.sub(r"\d+", "N", line) for line in printed
+    ]
