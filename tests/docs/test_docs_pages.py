@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted((ROOT / "docs").glob("*.md"))
 _BLOCK_RE = re.compile(r"(?P<before>[^\n]*)\n```(?P<lang>[a-z]+)\n(?P<code>.*?)\n```", re.DOTALL)
 _EXCERPT_RE = re.compile(r"<!-- excerpt: (?P<path>\S+) -->")
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 SECTIONS = frozenset(FusionServerConfig.__struct_fields__)
 
 
@@ -86,8 +87,10 @@ def test_a_python_block_runs(where: str, lang: str, path: None, code: str, tmp_p
 
 @pytest.mark.parametrize(("where", "lang", "path", "code"), CONFIGS, ids=[b[0] for b in CONFIGS])
 def test_a_configuration_block_decodes(
-    where: str, lang: str, path: None, code: str, tmp_path: Path
+    where: str, lang: str, path: None, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    for name in set(_ENV_RE.findall(code)):  # ${NAME} without a default: the secret's place
+        monkeypatch.setenv(name, f"{name.lower()}-0123456789abcdef")
     block = msgspec.yaml.decode(code.encode())
     assert isinstance(block, dict)
     assert SECTIONS & block.keys(), f"{where}: not a configuration"

@@ -3,8 +3,10 @@ translated into Fusion's configuration.
 
 The older files are written here in the older format (every framework section,
 service sections beside them); the output must pass ``check-config`` (with the
-service's class through ``--app``), and a basic user migrated with its older
-argon2id digest logs in over a real socket.
+service's class through ``--app``), a basic user migrated with its older
+argon2id digest logs in over a real socket, and a migrated Keycloak backend
+answers the older front-ends' ``GET /api/auth/config`` and logs a user in
+against the test provider laid out as the realm.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from fusion_testing.fixtures_server import (
     login,
     write_config,
 )
+from fusion_testing.oidc_issuer import OIDCIssuer
 from fusion_testing.tls import make_tls_files
 
 from fusion.server import FusionServerConfig, decode_config
+from fusion.server.auth.oidc import KeycloakBackendConfig
 from fusion.server.cli import main
 from fusion.server.migrate import FRAMEWORK_SECTIONS, KEY_TRANSLATIONS
 
@@ -242,40 +246,165 @@ def test_without_app_service_sections_are_carried_and_the_framework_part_checks(
     assert checked.code == 0, checked.stderr
 
 
-def test_keycloak_strategy_becomes_the_oidc_backend_of_the_realm(
-    tmp_path: Path, run_main: MainRunner
-) -> None:
-    old = old_config(tmp_path)
-    del old["connectors"], old["analyzer"]
-    old["auth_api"]["backend"] = {
+def older_keycloak(url: str, secret: str, **extra: Any) -> dict[str, Any]:
+    """An older ``auth_api.backend`` with strategy keycloak (the older KeycloakConfig keys)."""
+    return {
         "strategy": "keycloak",
         "basic": {"users": [{"username": "x", "digest": cheap_password_hash("x")}]},
         "keycloak": {
-            "url": "https://sso.example.org",
-            "client_id": "helium",
-            "realm_name": "dfir",
-            "client_secret": "sso-secret",
-            "redirect_uri": "https://helium.example.org/login",
-            "include_auth": False,
-            "verify": False,
+            "url": url,
+            "client_id": "fusion",
+            "realm_name": "cert",
+            "client_secret": secret,
+            "redirect_uri": "http://127.0.0.1/login",
+            **extra,
         },
     }
+
+
+@pytest.mark.parametrize(
+    ("include_auth", "host"),
+    [
+        ({}, "https://sso.example.org/auth"),  # the older default: include_auth true
+        ({"include_auth": True}, "https://sso.example.org/auth"),
+        ({"include_auth": False}, "https://sso.example.org"),
+    ],
+    ids=["default", "include-auth", "no-include-auth"],
+)
+def test_keycloak_strategy_becomes_the_keycloak_backend_of_the_realm(
+    include_auth: dict[str, bool], host: str, tmp_path: Path, run_main: MainRunner
+) -> None:
+    old = old_config(tmp_path)
+    del old["connectors"], old["analyzer"]
+    old["auth_api"]["backend"] = older_keycloak(
+        "https://sso.example.org/", "sso-secret", verify=False, **include_auth
+    )
     code, new, stderr = _migrate(run_main, write_config(tmp_path / "old.yml", old))
     assert code == 0, stderr
     assert new["auth"]["backend"] == {
-        "type": "oidc",
-        "issuer": "https://sso.example.org/realms/dfir",
-        "client_id": "helium",
+        "type": "keycloak",
+        "host": host,
+        "realm": "cert",
+        "client_id": "fusion",
         "client_secret": "sso-secret",
-        "redirect_uri": "https://helium.example.org/login",
-        "identity_source": "access_token",
+        "redirect_uri": "http://127.0.0.1/login",
         "tls": {"verify": False},
     }
     assert "auth_api.backend.basic: dropped: not used by strategy keycloak" in stderr
-    assert "auth_api.backend.keycloak: note: translated to the oidc backend" in stderr
+    assert (
+        "auth_api.backend.keycloak: note: translated to the keycloak backend on realm 'cert'"
+        f" (issuer {host}/realms/cert)"
+    ) in stderr
+    assert "cannot translate" not in stderr
     checked = run_main(main, "check-config", str(write_config(tmp_path / "new.yml", new)))
     assert checked.code == 0, checked.stderr
-    assert "auth backend oidc" in checked.stdout
+    assert "auth backend keycloak" in checked.stdout
+    config = decode_config(new, FusionServerConfig)
+    backend = config.auth.backend if config.auth else None
+    assert isinstance(backend, KeycloakBackendConfig)
+    assert backend.issuer == f"{host}/realms/cert"
+    assert backend.tls.verify is False
+
+
+def test_keycloak_without_verify_keeps_certificate_checks(
+    tmp_path: Path, run_main: MainRunner
+) -> None:
+    old = old_config(tmp_path)
+    old["auth_api"]["backend"] = older_keycloak("https://sso.example.org", "s", verify=True)
+    code, new, stderr = _migrate(run_main, write_config(tmp_path / "old.yml", old))
+    assert code == 0, stderr
+    assert "tls" not in new["auth"]["backend"]
+
+
+def test_keycloak_missing_keys_cannot_be_translated(tmp_path: Path, run_main: MainRunner) -> None:
+    old = old_config(tmp_path)
+    old["auth_api"]["backend"] = older_keycloak("https://sso.example.org", "s", colour="blue")
+    del old["auth_api"]["backend"]["keycloak"]["realm_name"]
+    code, new, stderr = _migrate(run_main, write_config(tmp_path / "old.yml", old))
+    assert code == 2
+    assert "auth_api.backend.keycloak.colour: cannot translate: unknown key" in stderr
+    assert "auth_api.backend.keycloak: cannot translate: missing realm_name" in stderr
+    assert "backend" not in new["auth"]
+
+
+async def _serve_migrated_keycloak(
+    realm: OIDCIssuer,
+    old_backend: dict[str, Any],
+    tmp_path: Path,
+    run_main: MainRunner,
+    fusion_server: ServerFactory,
+    http_sessions: HTTPSessionFactory,
+) -> None:
+    """Migrate an older keycloak config, serve it, and drive the older front-end's flow."""
+    old = old_config(tmp_path)
+    old["auth_api"]["backend"] = old_backend
+    result = await run_main.in_thread(
+        main, "migrate-config", str(write_config(tmp_path / "o.yml", old))
+    )
+    assert result.code == 0, result.stderr
+    new = msgspec.yaml.decode(result.stdout.encode())
+    framework = {
+        key: value for key, value in new.items() if key in FusionServerConfig.__struct_fields__
+    }
+    framework["shared_store"] = {"url": "memory://"}
+    framework["auth"]["session"]["secure"] = False
+    framework["auth"]["session"]["domain"] = None
+    running = await fusion_server(decode_config(framework, FusionServerConfig))
+    session = http_sessions(running.url)
+    status, body = await call(session, "GET", "/api/auth/config")
+    assert status == 200, body
+    # What the older server answered for this older config: host is its server_url.
+    assert body["data"] == {
+        "type": "keycloak",
+        "parameters": {
+            "host": realm.host + "/",
+            "realm": "cert",
+            "client": "fusion",
+            "redirect_uri": "http://127.0.0.1/login",
+        },
+    }
+    assert realm.client_secret not in str(body)
+    # The issuer derived from the migrated host and realm is the realm's: a code logs in.
+    code = realm.issue_code("alice", ["/cert/analysts"])
+    status, body = await call(session, "POST", "/api/auth/login", json={"data": {"code": code}})
+    assert status == 200, body
+    assert body["data"] == {"username": "alice", "groups": ["/cert/analysts"]}
+    status, body = await call(session, "GET", "/api/auth/is_logged")
+    assert (status, body["data"]["username"]) == (200, "alice")
+
+
+async def test_a_migrated_keycloak_config_answers_the_older_front_end(
+    keycloak_realm: OIDCIssuer,
+    tmp_path: Path,
+    run_main: MainRunner,
+    fusion_server: ServerFactory,
+    http_sessions: HTTPSessionFactory,
+) -> None:
+    # Keycloak 17+ serves realms at the root: the older include_auth: false.
+    url = f"http://127.0.0.1:{keycloak_realm.port}"
+    old_backend = older_keycloak(url, keycloak_realm.client_secret, include_auth=False)
+    await _serve_migrated_keycloak(
+        keycloak_realm, old_backend, tmp_path, run_main, fusion_server, http_sessions
+    )
+
+
+async def test_a_migrated_keycloak_config_under_auth_answers_the_older_front_end(
+    tmp_path: Path,
+    run_main: MainRunner,
+    fusion_server: ServerFactory,
+    http_sessions: HTTPSessionFactory,
+) -> None:
+    # The older default (include_auth true): a Keycloak serving under /auth.
+    realm = OIDCIssuer(realm="cert", base_path="/auth", redirect_uri="http://127.0.0.1/login")
+    await realm.start()
+    try:
+        url = f"http://127.0.0.1:{realm.port}"
+        old_backend = older_keycloak(url, realm.client_secret)
+        await _serve_migrated_keycloak(
+            realm, old_backend, tmp_path, run_main, fusion_server, http_sessions
+        )
+    finally:
+        await realm.stop()
 
 
 def test_untranslatable_keys_are_named_one_line_each_with_exit_2(

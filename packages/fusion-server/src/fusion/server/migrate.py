@@ -157,7 +157,7 @@ def _basic_users(basic: dict[str, Any], result: MigrationResult) -> list[dict[st
 
 
 def _keycloak(keycloak: dict[str, Any], result: MigrationResult) -> dict[str, Any]:
-    """The older Keycloak backend as Fusion's OIDC backend on the realm's issuer."""
+    """The older Keycloak backend as Fusion's ``keycloak`` backend on the same realm."""
     for name in keycloak.keys() - {
         "url",
         "client_id",
@@ -173,24 +173,25 @@ def _keycloak(keycloak: dict[str, Any], result: MigrationResult) -> dict[str, An
     if missing:
         result.cannot("auth_api.backend.keycloak", f"missing {', '.join(missing)}")
         return {}
-    base = str(keycloak["url"]).rstrip("/")
-    server_url = f"{base}/auth/" if keycloak.get("include_auth", True) else f"{base}/"
+    url = str(keycloak["url"]).rstrip("/")
+    # The older server URL was f"{url}/auth/" (include_auth, its default) or f"{url}/".
     backend: dict[str, Any] = {
-        "type": "oidc",
-        "issuer": f"{server_url}realms/{keycloak['realm_name']}",
+        "type": "keycloak",
+        "host": f"{url}/auth" if keycloak.get("include_auth", True) else url,
+        "realm": keycloak["realm_name"],
         "client_id": keycloak["client_id"],
         "redirect_uri": keycloak["redirect_uri"],
-        # The older backend read the user from the access token.
-        "identity_source": "access_token",
     }
     if keycloak.get("client_secret"):
         backend["client_secret"] = keycloak["client_secret"]
-    if keycloak.get("verify") is False:
+    if not keycloak.get("verify", True):
         backend["tls"] = {"verify": False}
     result.note(
         "auth_api.backend.keycloak",
-        "translated to the oidc backend on the realm's issuer; its GET /api/auth/config"
-        " says type oidc (use the Keycloak flavour where the older front-ends read keycloak)",
+        f"translated to the keycloak backend on realm {keycloak['realm_name']!r} (issuer"
+        f" {backend['host']}/realms/{keycloak['realm_name']}); its GET /api/auth/config"
+        " answers type keycloak with the older front-ends' parameters; put the client"
+        " secret in an environment variable (client_secret: ${KEYCLOAK_CLIENT_SECRET})",
     )
     return backend
 
