@@ -13,7 +13,6 @@ import asyncio
 import functools
 import getpass
 import importlib
-import importlib.util
 import inspect
 import logging
 import os
@@ -328,11 +327,15 @@ async def _stop_when_orphaned(master: int) -> None:
 
 def _require_metrics(config: FusionServerConfig) -> None:
     """The metrics section needs the extra: a one-line error, before anything starts."""
-    if config.metrics is not None and importlib.util.find_spec("prometheus_client") is None:
+    if config.metrics is None:
+        return
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
         raise CommandError(
             "the metrics section needs prometheus-client: pip install 'fusion-server[metrics]'",
             _EXIT_CONFIG,
-        )
+        ) from None
 
 
 def _worker_command(args: argparse.Namespace, host: str, port: int) -> list[str]:
