@@ -109,16 +109,25 @@ async def test_counts_requests_by_route_template_never_the_raw_path(
         assert status == 404
     status, _ = await fresh_request(running.url, "GET", f"/api/nothing/{guids[0]}")
     assert status == 404
+    body = msgspec.json.encode({"name": "bytes", "acs": ["robots"]})
+    status, _ = await fresh_request(
+        running.url,
+        "POST",
+        "/api/case",
+        data=body,
+        headers={**ROBOT, "Content-Type": "application/json"},
+    )
+    assert status == 200
     text = await scrape(running.url, "/internal/metrics")
 
     def delta(name: str, **labels: str) -> float:
         return metric_value(text, name, **labels) - metric_value(before, name, **labels)
 
     labels = {"route": CASE_ROUTE, "method": "GET"}
-    assert delta("fusion_http_requests_total", **labels, status="404") == 4
-    assert delta("fusion_http_request_duration_seconds_count", **labels) == 4
-    assert delta("fusion_http_requests_total", route="unmatched", status="404") == 1
-    assert delta("fusion_http_response_body_bytes_total", route=CASE_ROUTE) > 0
+    assert delta("fusion_http_request_duration_seconds_count", **labels, status="404") == 4
+    assert delta("fusion_http_request_duration_seconds_bucket", **labels, le="+Inf") == 4
+    assert delta("fusion_http_request_duration_seconds_count", route="unmatched") == 1
+    assert delta("fusion_http_request_body_bytes_total", route="/api/case") == len(body)
     for guid in guids:
         assert guid not in text
     # The scrapes themselves are not counted.
@@ -135,8 +144,13 @@ async def test_a_separate_port_serves_the_metrics_and_the_main_port_does_not(
     status, _ = await fresh_request(running.url, "GET", "/api/info")
     assert status == 200
     text = await scrape(f"http://127.0.0.1:{port}")
-    assert metric_value(text, "fusion_http_requests_total", route="/api/info", status="200") >= 1
-    assert metric_value(text, "fusion_http_requests_total", route="/metrics") == 0
+    assert (
+        metric_value(
+            text, "fusion_http_request_duration_seconds_count", route="/api/info", status="200"
+        )
+        >= 1
+    )
+    assert metric_value(text, "fusion_http_request_duration_seconds_count", route="/metrics") == 0
 
 
 @pytest.fixture
@@ -199,11 +213,16 @@ async def test_counts_add_up_across_two_workers(
         text = await scrape(master.url)
         assert metric_value(text, "fusion_event_streams_open") == 1
     pid_route = {"route": PID_ROUTE, "method": "GET", "status": "200"}
-    assert metric_value(text, "fusion_http_requests_total", **pid_route) == asked
+    assert metric_value(text, "fusion_http_request_duration_seconds_count", **pid_route) == asked
     assert (
         metric_value(text, "fusion_http_request_duration_seconds_count", route=PID_ROUTE) == asked
     )
-    assert metric_value(text, "fusion_http_requests_total", route=CASE_ROUTE, status="404") == 5
+    assert (
+        metric_value(
+            text, "fusion_http_request_duration_seconds_count", route=CASE_ROUTE, status="404"
+        )
+        == 5
+    )
     assert metric_value(text, "fusion_login_failures_total") == 1
     for guid in [*guids, case_guid]:
         assert guid not in text
@@ -213,5 +232,5 @@ async def test_counts_add_up_across_two_workers(
     os.kill(victim, signal.SIGKILL)
     master.wait_for_log(rf"\(pid {victim}\) was killed by signal 9")
     text = await scrape(master.url)
-    assert metric_value(text, "fusion_http_requests_total", **pid_route) == asked
+    assert metric_value(text, "fusion_http_request_duration_seconds_count", **pid_route) == asked
     assert metric_value(text, "fusion_login_failures_total") == 1

@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 try:
     import prometheus_client
@@ -41,6 +42,7 @@ MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """The directory of prometheus-client's multiprocess mode (set by the master for its workers)."""
 
 _UNMATCHED = "unmatched"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _LOGIN_ROUTE = "/api/auth/login"
 _EVENTS_ROUTE = "/api/events/case/{case_guid}"
 
@@ -49,9 +51,7 @@ _EVENTS_ROUTE = "/api/events/case/{case_guid}"
 class _Metrics:
     """The process's metrics, created once (prometheus-client registers them globally)."""
 
-    requests: prometheus_client.Counter
-    duration: prometheus_client.Histogram
-    in_progress: prometheus_client.Gauge
+    requests: prometheus_client.Histogram
     request_bytes: prometheus_client.Counter
     response_bytes: prometheus_client.Counter
     login_failures: prometheus_client.Counter
@@ -64,21 +64,14 @@ class _Metrics:
 def _metrics() -> _Metrics:
     route = ("route",)
     return _Metrics(
-        requests=prometheus_client.Counter(
-            "fusion_http_requests",
-            "HTTP requests answered, by route template, method and status.",
-            ("route", "method", "status"),
-        ),
-        duration=prometheus_client.Histogram(
+        # One histogram, no separate counter: its _count is the requests by
+        # status, and each series updated costs a lock and a write per request
+        # (a file write in multiprocess mode).
+        requests=prometheus_client.Histogram(
             "fusion_http_request_duration_seconds",
-            "Time to answer a request (a stream: until it ends), by route template and method.",
-            ("route", "method"),
-        ),
-        in_progress=prometheus_client.Gauge(
-            "fusion_http_requests_in_progress",
-            "Requests being answered, by route template and method.",
-            ("route", "method"),
-            multiprocess_mode="livesum",
+            "Requests answered and the time to answer them (a stream: until it ends),"
+            " by route template, method and status.",
+            ("route", "method", "status"),
         ),
         request_bytes=prometheus_client.Counter(
             "fusion_http_request_body_bytes",
@@ -87,7 +80,8 @@ def _metrics() -> _Metrics:
         ),
         response_bytes=prometheus_client.Counter(
             "fusion_http_response_body_bytes",
-            "Response body bytes sent (downloads), by route template.",
+            "Streamed response body bytes sent (downloads, files, event streams),"
+            " by route template.",
             route,
         ),
         login_failures=prometheus_client.Counter(
@@ -111,15 +105,35 @@ def _metrics() -> _Metrics:
     )
 
 
+class _RouteMetrics:
+    """The labelled series of one route template and method, looked up once.
+
+    (``labels()`` costs a lock and a tuple per call: on the hot path it
+    would cost more than the counting itself.)
+    """
+
+    __slots__ = ("_method", "_requests", "_route", "request_bytes", "response_bytes", "statuses")
+
+    def __init__(self, metrics: _Metrics, route: str, method: str) -> None:
+        self._requests = metrics.requests
+        self.request_bytes = metrics.request_bytes.labels(route)
+        self.response_bytes = metrics.response_bytes.labels(route)
+        self.statuses: dict[int, Any] = {}
+        self._route = route
+        self._method = method
+
+    def requests(self, status: int) -> Any:
+        counter = self.statuses.get(status)
+        if counter is None:
+            counter = self.statuses[status] = self._requests.labels(
+                self._route, self._method, str(status)
+            )
+        return counter
+
+
 def _route_template(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else _UNMATCHED
-
-
-def _response_bytes(response: web.StreamResponse) -> int:
-    if response.prepared:  # a stream or download: what was written
-        return response.body_length
-    return response.content_length or 0
 
 
 class FusionMetricsAPI:
@@ -132,6 +146,7 @@ class FusionMetricsAPI:
     def __init__(self, config: FusionMetricsConfig) -> None:
         self.config = config
         self.metrics = _metrics()
+        self._routes: dict[tuple[str, str], _RouteMetrics] = {}
 
     def setup(self, app: web.Application) -> None:
         """Add the middleware (outermost: it sees the final status) and the exposition."""
@@ -151,10 +166,12 @@ class FusionMetricsAPI:
         if route == self.config.path and self.config.port is None:
             return await handler(request)  # the scrapes themselves are not counted
         metrics = self.metrics
-        method = request.method
+        # Any token is a method to aiohttp: unknown ones share one label.
+        method = request.method if request.method in _METHODS else "other"
+        series = self._routes.get((route, method))
+        if series is None:
+            series = self._routes[route, method] = _RouteMetrics(metrics, route, method)
         stream = route == _EVENTS_ROUTE
-        in_progress = metrics.in_progress.labels(route, method)
-        in_progress.inc()
         if stream:
             metrics.event_streams.inc()
         started = time.perf_counter()
@@ -168,17 +185,16 @@ class FusionMetricsAPI:
             status = exc.status
             raise
         finally:
-            metrics.duration.labels(route, method).observe(time.perf_counter() - started)
-            in_progress.dec()
+            series.requests(status).observe(time.perf_counter() - started)
             if stream:
                 metrics.event_streams.dec()
-            metrics.requests.labels(route, method, str(status)).inc()
             received = request.content.total_bytes
             if received:
-                metrics.request_bytes.labels(route).inc(received)
-            sent = _response_bytes(response) if response is not None else 0
-            if sent:
-                metrics.response_bytes.labels(route).inc(sent)
+                series.request_bytes.inc(received)
+            # Streamed bodies only (downloads, files, event streams): a JSON
+            # answer's few bytes are not worth a write per request.
+            if response is not None and response.prepared and response.body_length:
+                series.response_bytes.inc(response.body_length)
             if status == 503:
                 metrics.unavailable.labels(route).inc()
             if route == _LOGIN_ROUTE and method == "POST":
