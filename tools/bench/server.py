@@ -4,6 +4,7 @@ Usage::
 
     hatch run bench:server [--duration 5] [--connections 32] [--rounds 3]
                            [--stores memory,redis] [--baseline REF]
+    hatch run bench:server --workers 2 [--duration 5] [--connections 32] [--rounds 3]
 
 What runs, in one run on this machine:
 
@@ -41,6 +42,19 @@ stored case bytes by GUID (16,384 at most), dropped whenever any connection
 commits (``PRAGMA data_version``); sessions keep their decoded identity by
 session id while the stored bytes are the same (the store is read on every
 request). Nothing else.
+
+With ``--workers N`` (N >= 2) it measures instead, on one real redis-server
+(several workers need a shared store), the ``hot`` API-key workload against:
+
+- ``w1`` and ``wN``: ``fusion-server serve`` with one process, and with
+  ``--workers N`` (the ``logs`` variant): the ratio says how throughput grows
+  with the workers (on a 2-core machine the load generator and redis-server
+  share the cores with the workers, so 2x is out of reach);
+- ``w1+metrics`` and ``wN+metrics``: the same with a ``metrics`` section
+  (prometheus-client; multiprocess mode under the master), and
+  ``quiet-w1`` against ``quiet-w1+metrics`` (no log line per request, so the
+  metrics' share of the hot path is the largest): what collecting metrics
+  costs (target: under 5 %).
 
 Targets (``memory://``, the ``logs`` servers): API-key ``hot`` >= 55 % of
 bare, session ``hot`` >= 50 %; with ``--baseline``, the ``quiet`` rows not
@@ -237,7 +251,9 @@ def _request(
         return response.read(), dict(response.headers)
 
 
-def _config(data_dir: Path, store_url: str, port: int, access_log: bool) -> dict[str, object]:
+def _config(
+    data_dir: Path, store_url: str, port: int, access_log: bool, metrics: bool = False
+) -> dict[str, object]:
     from argon2 import PasswordHasher
 
     # Cheap parameters: the bench logs in thousands of sessions; it measures reads.
@@ -263,6 +279,7 @@ def _config(data_dir: Path, store_url: str, port: int, access_log: bool) -> dict
         },
         "info": {"api": "bench", "version": "1"},
         "case": {},
+        **({"metrics": {"path": "/metrics"}} if metrics else {}),
     }
 
 
@@ -271,13 +288,13 @@ class ServerProcess:
 
     def __init__(
         self, name: str, workdir: Path, data_dir: Path, store_url: str, *, logs: bool,
-        pythonpath: str | None,
+        pythonpath: str | None, workers: int = 1, metrics: bool = False,
     ) -> None:  # fmt: skip
         self.name = name
         self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "server.json"
-        path.write_text(json.dumps(_config(data_dir, store_url, self.port, logs)))
+        path.write_text(json.dumps(_config(data_dir, store_url, self.port, logs, metrics)))
         env = {**os.environ, "FUSION_LOG_LEVEL": "INFO" if logs else "WARNING"}
         self.log_file = workdir / "server.log"
         if logs:
@@ -285,14 +302,26 @@ class ServerProcess:
         if pythonpath is not None:
             env["PYTHONPATH"] = pythonpath
         self.output = (workdir / "output.log").open("wb")
+        command = [sys.executable, "-m", "fusion.server", "serve", "--config", str(path)]
+        if workers > 1:
+            command += ["--workers", str(workers)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fusion.server", "serve", "--config", str(path)],
-            stdout=self.output,
-            stderr=subprocess.STDOUT,
-            env=env,
+            command, stdout=self.output, stderr=subprocess.STDOUT, env=env
         )
         _wait_port(self.port, self.process)
+        if workers > 1:
+            # Every worker serving, not only the first (each logs its start line).
+            wait_until_ready(
+                self.process,
+                lambda: self._started_workers() >= workers,
+                name=f"{workers} workers on port {self.port}",
+                timeout=60,
+            )
         self.url = f"http://127.0.0.1:{self.port}"
+
+    def _started_workers(self) -> int:
+        text = self.log_file.read_text() if self.log_file.exists() else ""
+        return len(re.findall(r"; worker pid \d+ of \d+\)", text))
 
     def create_cases(self, count: int) -> list[str]:
         body = json.dumps({"name": "bench", "acs": ["robots", "analysts"]}).encode()
@@ -495,6 +524,72 @@ def _report(store: str, rows: list[Row], baseline: bool) -> list[str]:
     return missed
 
 
+def _measure_workers(workers: int, load: Load, rounds: int, workdir: Path) -> list[Row]:
+    """One process against ``workers``, with and without metrics, on one redis-server."""
+    from fusion_testing.redis import RedisServer
+
+    key = {"X-Fusion-API-Token": API_KEY}
+    variants = [
+        ("w1", True, 1, False),
+        (f"w{workers}", True, workers, False),
+        ("w1+metrics", True, 1, True),
+        (f"w{workers}+metrics", True, workers, True),
+        ("quiet-w1", False, 1, False),
+        ("quiet-w1+metrics", False, 1, True),
+    ]
+    servers: list[ServerProcess] = []
+    with RedisServer() as redis:
+        try:
+            rows: list[Row] = []
+            for name, logs, count, metrics in variants:
+                server = ServerProcess(
+                    name, workdir / name, workdir / f"{name}-data", redis.url, logs=logs,
+                    pythonpath=None, workers=count, metrics=metrics,
+                )  # fmt: skip
+                servers.append(server)
+                guid = server.create_cases(1)[0]
+                hot = _requests_file(workdir / f"{name}-hot.txt", [f"/api/case/{guid}"])
+                rows.append(Row(name, "key", "hot", server.url, key, hot))
+            warm = Load(load.connections, 1.0, load.script, load.wrk)
+            for row in rows:
+                warm.run(row.base, row.headers, row.requests)
+            for _ in range(rounds):
+                for row in rows:
+                    row.rates.append(load.run(row.base, row.headers, row.requests))
+                    print(f"  {row.label:28} {row.rates[-1]:10.0f} req/s", flush=True)
+            return rows
+        finally:
+            for server in servers:
+                server.stop()
+
+
+METRICS_COST_TARGET = 0.05
+
+
+def _report_workers(workers: int, rows: list[Row]) -> list[str]:
+    """Print the workers' table and ratios; return the targets missed."""
+    means = {row.server: statistics.mean(row.rates) for row in rows}
+    print(f"\nworkers (redis, hot, API key; {os.cpu_count()} CPUs, a shared noisy machine):")
+    print(f"{'server':22} {'req/s':>8} {'us/req':>7}  runs")
+    for row in rows:
+        value = means[row.server]
+        runs = ", ".join(f"{rate:.0f}" for rate in row.rates)
+        print(f"{row.server:22} {value:8.0f} {1e6 / value:7.1f}  {runs}")
+    many = f"w{workers}"
+    print(f"\n{many} / w1: {means[many] / means['w1']:.2f}x")
+    missed: list[str] = []
+    for plain in ("w1", many, "quiet-w1"):
+        cost = 1 - means[f"{plain}+metrics"] / means[plain]
+        ok = cost < METRICS_COST_TARGET
+        print(
+            f"metrics cost on {plain}: {cost:+.1%} of throughput"
+            f" ({'ok' if ok else 'MISSED'}: < {METRICS_COST_TARGET:.0%})"
+        )
+        if not ok:
+            missed.append(f"metrics on {plain}")
+    return missed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per load run")
@@ -504,7 +599,34 @@ def main() -> int:
     parser.add_argument(
         "--baseline", metavar="REF", help="also run the servers of this commit (e.g. main)"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="instead: one process against --workers N, and the cost of metrics (on redis)",
+    )
     args = parser.parse_args()
+    if args.workers is not None:
+        if args.workers < 2:
+            parser.error("--workers: at least 2")
+        with tempfile.TemporaryDirectory(prefix="fusion-bench-") as tmp:
+            script = Path(tmp) / "requests.lua"
+            script.write_text(_WRK_SCRIPT)
+            load = Load(args.connections, args.duration, script)
+            print(
+                f"load: {'wrk' if load.wrk else 'aiohttp (wrk not found)'}, {args.connections}"
+                f" connections, {args.duration:g} s per run, {args.rounds} rounds",
+                flush=True,
+            )
+            missed_workers = _report_workers(
+                args.workers, _measure_workers(args.workers, load, args.rounds, Path(tmp))
+            )
+        print(
+            f"\ntargets missed: {', '.join(missed_workers)}"
+            if missed_workers
+            else "\nevery target met"
+        )
+        return 1 if missed_workers else 0
 
     with tempfile.TemporaryDirectory(prefix="fusion-bench-") as tmp:
         workdir = Path(tmp)
