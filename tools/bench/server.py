@@ -4,6 +4,7 @@ Usage::
 
     hatch run bench:server [--duration 5] [--connections 32] [--rounds 3]
                            [--stores memory,redis] [--baseline REF]
+    hatch run bench:server --workers 2 [--duration 5] [--connections 32] [--rounds 3]
 
 What runs, in one run on this machine:
 
@@ -41,6 +42,19 @@ stored case bytes by GUID (16,384 at most), dropped whenever any connection
 commits (``PRAGMA data_version``); sessions keep their decoded identity by
 session id while the stored bytes are the same (the store is read on every
 request). Nothing else.
+
+With ``--workers N`` (N >= 2) it measures instead, on one real redis-server
+(several workers need a shared store), the ``hot`` API-key workload against:
+
+- ``w1`` and ``wN``: ``fusion-server serve`` with one process, and with
+  ``--workers N`` (the ``logs`` variant): the ratio says how throughput grows
+  with the workers (on a 2-core machine the load generator and redis-server
+  share the cores with the workers, so 2x is out of reach);
+- ``w1+metrics`` and ``wN+metrics``: the same with a ``metrics`` section
+  (prometheus-client; multiprocess mode under the master), and
+  ``quiet-w1`` against ``quiet-w1+metrics`` (no log line per request, so the
+  metrics' share of the hot path is the largest): what collecting metrics
+  costs (target: under 5 %).
 
 Targets (``memory://``, the ``logs`` servers): API-key ``hot`` >= 55 % of
 bare, session ``hot`` >= 50 %; with ``--baseline``, the ``quiet`` rows not
@@ -237,7 +251,9 @@ def _request(
         return response.read(), dict(response.headers)
 
 
-def _config(data_dir: Path, store_url: str, port: int, access_log: bool) -> dict[str, object]:
+def _config(
+    data_dir: Path, store_url: str, port: int, access_log: bool, metrics: bool = False
+) -> dict[str, object]:
     from argon2 import PasswordHasher
 
     # Cheap parameters: the bench logs in thousands of sessions; it measures reads.
@@ -263,6 +279,7 @@ def _config(data_dir: Path, store_url: str, port: int, access_log: bool) -> dict
         },
         "info": {"api": "bench", "version": "1"},
         "case": {},
+        **({"metrics": {"path": "/metrics"}} if metrics else {}),
     }
 
 
@@ -271,13 +288,13 @@ class ServerProcess:
 
     def __init__(
         self, name: str, workdir: Path, data_dir: Path, store_url: str, *, logs: bool,
-        pythonpath: str | None,
+        pythonpath: str | None, workers: int = 1, metrics: bool = False,
     ) -> None:  # fmt: skip
         self.name = name
         self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "server.json"
-        path.write_text(json.dumps(_config(data_dir, store_url, self.port, logs)))
+        path.write_text(json.dumps(_config(data_dir, store_url, self.port, logs, metrics)))
         env = {**os.environ, "FUSION_LOG_LEVEL": "INFO" if logs else "WARNING"}
         self.log_file = workdir / "server.log"
         if logs:
@@ -285,14 +302,26 @@ class ServerProcess:
         if pythonpath is not None:
             env["PYTHONPATH"] = pythonpath
         self.output = (workdir / "output.log").open("wb")
+        command = [sys.executable, "-m", "fusion.server", "serve", "--config", str(path)]
+        if workers > 1:
+            command += ["--workers", str(workers)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fusion.server", "serve", "--config", str(path)],
-            stdout=self.output,
-            stderr=subprocess.STDOUT,
-            env=env,
+            command, stdout=self.output, stderr=subprocess.STDOUT, env=env
         )
         _wait_port(self.port, self.process)
+        if workers > 1:
+            # Every worker serving, not only the first (each logs its start line).
+            wait_until_ready(
+                self.process,
+                lambda: self._started_workers() >= workers,
+                name=f"{workers} workers on port {self.port}",
+                timeout=60,
+            )
         self.url = f"http://127.0.0.1:{self.port}"
+
+    def _started_workers(self) -> int:
+        text = self.log_file.read_text() if self.log_file.exists() else ""
+        return len(re.findall(r"; worker pid \d+ of \d+\)", text))
 
     def create_cases(self, count: int) -> list[str]:
         body = json.dumps({"name": "bench", "acs": ["robots", "analysts"]}).encode()
@@ -495,6 +524,135 @@ def _report(store: str, rows: list[Row], baseline: bool) -> list[str]:
     return missed
 
 
+def _measure_workers(workers: int, load: Load, rounds: int, workdir: Path) -> list[Row]:
+    """One process against ``workers``, with and without metrics, on one redis-server."""
+    from fusion_testing.redis import RedisServer
+
+    key = {"X-Fusion-API-Token": API_KEY}
+    variants = [
+        ("w1", True, 1, False),
+        (f"w{workers}", True, workers, False),
+        ("w1+metrics", True, 1, True),
+        (f"w{workers}+metrics", True, workers, True),
+        ("quiet-w1", False, 1, False),
+        ("quiet-w1+metrics", False, 1, True),
+    ]
+    servers: list[ServerProcess] = []
+    with RedisServer() as redis:
+        try:
+            rows: list[Row] = []
+            for name, logs, count, metrics in variants:
+                server = ServerProcess(
+                    name, workdir / name, workdir / f"{name}-data", redis.url, logs=logs,
+                    pythonpath=None, workers=count, metrics=metrics,
+                )  # fmt: skip
+                servers.append(server)
+                guid = server.create_cases(1)[0]
+                hot = _requests_file(workdir / f"{name}-hot.txt", [f"/api/case/{guid}"])
+                rows.append(Row(name, "key", "hot", server.url, key, hot))
+            warm = Load(load.connections, 1.0, load.script, load.wrk)
+            for row in rows:
+                warm.run(row.base, row.headers, row.requests)
+            for _ in range(rounds):
+                for row in rows:
+                    row.rates.append(load.run(row.base, row.headers, row.requests))
+                    print(f"  {row.label:28} {row.rates[-1]:10.0f} req/s", flush=True)
+            return rows
+        finally:
+            for server in servers:
+                server.stop()
+
+
+METRICS_COST_TARGET = 0.05
+
+
+def middleware_cost() -> None:
+    """Print the CPU time the metrics middleware adds to one request, in us
+    (best of several runs: what it costs, without the machine's noise)."""
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from fusion.server.metrics.api import FusionMetricsAPI
+    from fusion.server.metrics.config import FusionMetricsConfig
+
+    api = FusionMetricsAPI(FusionMetricsConfig())
+    app = web.Application()
+    answer = web.Response(body=b"{}")
+
+    async def handler(request: web.Request) -> web.Response:
+        return answer
+
+    app.router.add_get("/api/case/{case_guid}", handler)
+
+    async def run() -> float:
+        request = make_mocked_request("GET", "/api/case/0", app=app)
+        request._match_info = await app.router.resolve(request)
+        count = 20_000
+        best = float("inf")
+        for _ in range(7):
+            started = time.perf_counter()
+            for _ in range(count):
+                await handler(request)
+            bare = time.perf_counter() - started
+            started = time.perf_counter()
+            for _ in range(count):
+                await api.middleware(request, handler)
+            best = min(best, (time.perf_counter() - started - bare) / count)
+        return best * 1e6
+
+    print(f"{asyncio.run(run()):.2f}")
+
+
+def _middleware_us(multiprocess_dir: str | None) -> float:
+    env = dict(os.environ)
+    if multiprocess_dir is not None:
+        env["PROMETHEUS_MULTIPROC_DIR"] = multiprocess_dir
+    output = subprocess.run(
+        [sys.executable, __file__, "middleware-cost"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    return float(output.stdout.strip())
+
+
+def _report_workers(workers: int, rows: list[Row]) -> list[str]:
+    """Print the workers' table and ratios; return the targets missed."""
+    means = {row.server: statistics.mean(row.rates) for row in rows}
+    print(f"\nworkers (redis, hot, API key; {os.cpu_count()} CPUs, a shared noisy machine):")
+    print(f"{'server':22} {'req/s':>8} {'us/req':>7}  runs")
+    for row in rows:
+        value = means[row.server]
+        runs = ", ".join(f"{rate:.0f}" for rate in row.rates)
+        print(f"{row.server:22} {value:8.0f} {1e6 / value:7.1f}  {runs}")
+    many = f"w{workers}"
+    print(f"\n{many} / w1: {means[many] / means['w1']:.2f}x")
+    for plain in ("w1", many, "quiet-w1"):
+        cost = 1 - means[f"{plain}+metrics"] / means[plain]
+        print(f"metrics cost on {plain}, end to end: {cost:+.1%} of throughput (noisy)")
+    # End to end, a few per cent drown in the machine's noise: the middleware's
+    # own CPU time, against the time of a request of the quiet server, is the
+    # figure judged.
+    missed: list[str] = []
+    request_us = 1e6 / means["quiet-w1"]
+    with tempfile.TemporaryDirectory(prefix="fusion-bench-metrics-") as directory:
+        for mode, cost_us in (
+            ("one process", _middleware_us(None)),
+            ("multiprocess mode", _middleware_us(directory)),
+        ):
+            share = cost_us / request_us
+            ok = share < METRICS_COST_TARGET
+            print(
+                f"metrics middleware, {mode}: {cost_us:.1f} us per request, {share:.1%} of"
+                f" quiet-w1's {request_us:.0f} us ({'ok' if ok else 'MISSED'}:"
+                f" < {METRICS_COST_TARGET:.0%})"
+            )
+            if not ok:
+                missed.append(f"metrics middleware ({mode})")
+    return missed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per load run")
@@ -504,7 +662,34 @@ def main() -> int:
     parser.add_argument(
         "--baseline", metavar="REF", help="also run the servers of this commit (e.g. main)"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="instead: one process against --workers N, and the cost of metrics (on redis)",
+    )
     args = parser.parse_args()
+    if args.workers is not None:
+        if args.workers < 2:
+            parser.error("--workers: at least 2")
+        with tempfile.TemporaryDirectory(prefix="fusion-bench-") as tmp:
+            script = Path(tmp) / "requests.lua"
+            script.write_text(_WRK_SCRIPT)
+            load = Load(args.connections, args.duration, script)
+            print(
+                f"load: {'wrk' if load.wrk else 'aiohttp (wrk not found)'}, {args.connections}"
+                f" connections, {args.duration:g} s per run, {args.rounds} rounds",
+                flush=True,
+            )
+            missed_workers = _report_workers(
+                args.workers, _measure_workers(args.workers, load, args.rounds, Path(tmp))
+            )
+        print(
+            f"\ntargets missed: {', '.join(missed_workers)}"
+            if missed_workers
+            else "\nevery target met"
+        )
+        return 1 if missed_workers else 0
 
     with tempfile.TemporaryDirectory(prefix="fusion-bench-") as tmp:
         workdir = Path(tmp)
@@ -555,6 +740,8 @@ def contextmanager_or_none(ref: str | None, workdir: Path) -> Iterator[str | Non
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "bare":
         serve_bare(int(sys.argv[2]), sys.argv[3])
+    elif len(sys.argv) > 1 and sys.argv[1] == "middleware-cost":
+        middleware_cost()
     elif len(sys.argv) > 1 and sys.argv[1] == "load":
         load_with_aiohttp(
             sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], int(sys.argv[5]),

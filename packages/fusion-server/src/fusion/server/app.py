@@ -144,6 +144,7 @@ async def serve_app(
     *,
     host: str | None = None,
     port: int | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve ``app`` until SIGINT or SIGTERM, with the caps and timeouts of ``server_config``.
 
@@ -155,7 +156,8 @@ async def serve_app(
     finish before they are cancelled. (``max_body_size`` is the
     application's ``client_max_size``, set where it is made.) ``host`` and
     ``port`` default to ``server_config``'s. Call it from the main thread
-    (signal handlers).
+    (signal handlers). ``reuse_port``: bind with SO_REUSEPORT, so that
+    several processes serve one port (``fusion-server serve --workers N``).
     """
     # An application's own handler_args and BODY_TIMEOUT (FusionServer.build
     # sets both from the same config) win over these defaults.
@@ -184,6 +186,7 @@ async def serve_app(
             runner,
             host or server_config.host,
             port if port is not None else server_config.port,
+            reuse_port=reuse_port or None,
         )
         await site.start()
         await stop.wait()
@@ -315,6 +318,10 @@ class FusionServer:
         # One upstream subscription per process, shared by events and synchronizer.
         self.pubsub = app[PUBSUB] = FusionPubSub(self.store)
         app.cleanup_ctx.append(self._lifecycle)
+        if self.config.metrics is not None:
+            from fusion.server.metrics.api import FusionMetricsAPI  # prometheus-client
+
+            FusionMetricsAPI(self.config.metrics).setup(app)
         self.auth_api = self.create_auth_api()
         self.auth_api.setup(app)
         self.info_api = self.create_info_api()
@@ -357,12 +364,16 @@ class FusionServer:
             finally:
                 await store.close()
 
-    async def serve(self, *, host: str | None = None, port: int | None = None) -> None:
+    async def serve(
+        self, *, host: str | None = None, port: int | None = None, reuse_port: bool = False
+    ) -> None:
         """Build the application and serve it until SIGINT or SIGTERM (see :func:`serve_app`).
 
         ``host`` and ``port`` default to ``config.server``'s.
         """
-        await serve_app(self.build(), self.config.server, host=host, port=port)
+        await serve_app(
+            self.build(), self.config.server, host=host, port=port, reuse_port=reuse_port
+        )
 
     def run(self, *, host: str | None = None, port: int | None = None) -> None:
         """Serve until SIGINT or SIGTERM, then shut down cleanly (see :meth:`serve`)."""

@@ -18,7 +18,10 @@ import inspect
 import logging
 import os
 import secrets
+import shutil
+import signal
 import sys
+import tempfile
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -304,13 +307,95 @@ def _read_config(
 
 
 async def _serve_until_stopped(
-    app: _AppFactory | None, config: FusionServerConfig, host: str, port: int
+    app: _AppFactory | None,
+    config: FusionServerConfig,
+    host: str,
+    port: int,
+    worker_of: int | None = None,
 ) -> None:
     made = FusionServer(config) if app is None else app.make(config)
+    # A worker of ``--workers N`` shares the port with its siblings.
+    reuse_port = worker_of is not None
+    if worker_of is not None:
+        asyncio.get_running_loop().create_task(_stop_when_orphaned(worker_of))
     if isinstance(made, FusionServer):
-        await made.serve(host=host, port=port)
+        await made.serve(host=host, port=port, reuse_port=reuse_port)
     else:
-        await serve_app(made, config.server, host=host, port=port)
+        await serve_app(made, config.server, host=host, port=port, reuse_port=reuse_port)
+
+
+_ORPHAN_CHECK = 1.0
+
+
+async def _stop_when_orphaned(master: int) -> None:
+    """A worker whose master is gone (killed) stops as on SIGTERM, instead of living on."""
+    while os.getppid() == master:  # noqa: ASYNC110 - no event says the parent died
+        await asyncio.sleep(_ORPHAN_CHECK)
+    _LOGGER.warning("master process %d is gone: stopping", master)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _require_metrics(config: FusionServerConfig) -> None:
+    """The metrics section needs the extra: a one-line error, before anything starts."""
+    if config.metrics is None:
+        return
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise CommandError(
+            "the metrics section needs prometheus-client: pip install 'fusion-server[metrics]'",
+            _EXIT_CONFIG,
+        ) from None
+
+
+def _worker_command(args: argparse.Namespace, host: str, port: int) -> list[str]:
+    """The command line of one worker of ``serve --workers N``."""
+    command = [sys.executable, "-m", "fusion.server", "serve", "--host", host, "--port", str(port)]
+    if args.app is not None:
+        command += ["--app", args.app]
+    if args.config is not None:
+        command += ["--config", str(Path(args.config).absolute())]
+    if args.data_dir is not None:
+        command += ["--data-dir", str(Path(args.data_dir).absolute())]
+    return [*command, "--worker-of", str(os.getpid())]
+
+
+def _serve_workers(
+    args: argparse.Namespace, config: FusionServerConfig, host: str, port: int, named: str
+) -> int:
+    """The master of ``serve --workers N``: N worker processes on one port (SO_REUSEPORT)."""
+    from fusion.server.workers import run_workers
+
+    env = dict(os.environ)
+    on_exit: Callable[[int], None] | None = None
+    metrics_dir: str | None = None
+    if config.metrics is not None:
+        from fusion.server.metrics.api import MULTIPROC_DIR_ENV, mark_worker_dead
+
+        # A fresh directory per run: values of an earlier run never add up with these.
+        metrics_dir = tempfile.mkdtemp(prefix="fusion-metrics-")
+        env[MULTIPROC_DIR_ENV] = metrics_dir
+        on_exit = functools.partial(mark_worker_dead, metrics_dir)
+    _LOGGER.info(
+        "fusion-server %s master (pid %d): %d workers on http://%s:%d%s",
+        __version__,
+        os.getpid(),
+        args.workers,
+        host,
+        port,
+        f" ({named})" if named else "",
+    )
+    try:
+        return run_workers(
+            _worker_command(args, host, port),
+            args.workers,
+            shutdown_timeout=config.server.shutdown_timeout,
+            env=env,
+            on_exit=on_exit,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -320,16 +405,30 @@ def _serve(args: argparse.Namespace) -> int:
     )
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
+    if args.workers > 1 and config.shared_store.url.lower().startswith("memory:"):
+        raise CommandError(
+            f"--workers {args.workers} needs a shared store for the workers (shared_store.url"
+            " redis://...): memory:// lives in one process",
+            _EXIT_CONFIG,
+        )
+    _require_metrics(config)
     try:
         # FUSION_LOG_LEVEL / FUSION_LOG_FORMAT (text or json) / FUSION_LOG_FILE.
         log_handler = setup_logging()
     except (ValueError, OSError) as exc:
         raise CommandError(f"logging: {exc}", _EXIT_CONFIG) from None
     named = f"app {app.reference}" if app is not None else ""
+    if args.workers > 1:
+        try:
+            return _serve_workers(args, config, host, port, named)
+        finally:
+            log_handler.flush()
     summary = f"{named}; {_summary(config)}" if named else _summary(config)
+    if args.worker_of is not None:
+        summary += f"; worker pid {os.getpid()} of {args.worker_of}"
     _LOGGER.info("fusion-server %s on http://%s:%d (%s)", __version__, host, port, summary)
     try:
-        asyncio.run(_serve_until_stopped(app, config, host, port))
+        asyncio.run(_serve_until_stopped(app, config, host, port, args.worker_of))
         _LOGGER.info("fusion-server stopped%s", f" ({named})" if named else "")
     except CommandError:
         raise
@@ -459,6 +558,29 @@ _APP_HELP = (
 )
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}")
+    return value
+
+
+def _add_worker_arguments(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the port (SO_REUSEPORT), restarted when they die;"
+        " more than 1 needs a shared store (redis://). Default 1: this process serves",
+    )
+    # Internal: a worker of --workers N (binds with SO_REUSEPORT, stops with its master).
+    serve.add_argument("--worker-of", type=int, metavar="PID", help=argparse.SUPPRESS)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusion-server", description="Run and manage a Fusion case-management service."
@@ -477,6 +599,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--data-dir", type=Path, help="data directory (default ./fusion-data without --config)"
     )
+    _add_worker_arguments(serve)
     serve.set_defaults(run=_serve)
     hashing = commands.add_parser(
         "hash-password", help="print the argon2id hash of a password read from stdin or a prompt"

@@ -23,6 +23,7 @@ from fusion.server.constant.config import FusionConstantAPIConfig
 from fusion.server.download.config import FusionDownloadConfig
 from fusion.server.event.config import FusionEventConfig
 from fusion.server.info.config import FusionInfoAPIConfig
+from fusion.server.metrics.config import FusionMetricsConfig
 from fusion.server.synchronizer.config import FusionSynchronizerConfig
 
 __all__ = [
@@ -124,6 +125,8 @@ class FusionServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
     download: FusionDownloadConfig | None = None
     # Read by the service's synchronizer (see FusionServer.create_synchronizer).
     synchronizer: FusionSynchronizerConfig | None = None
+    # Prometheus metrics (the ``metrics`` extra); absent: none collected.
+    metrics: FusionMetricsConfig | None = None
 
 
 _PATH_RE = re.compile(r"\s*-\s*at\s*`\$([^`]*)`")
