@@ -38,6 +38,7 @@ from fusion.server.config import FusionServerConfig, ServerConfig
 from fusion.server.constant.api import FusionConstantAPI
 from fusion.server.download.api import FusionDownloadAPI
 from fusion.server.event.api import FusionEventAPI
+from fusion.server.health import FusionHealthAPI
 from fusion.server.info.api import FusionInfoAPI
 from fusion.server.routing import expect_handler, with_expect_handler
 from fusion.server.storage import FusionStorage
@@ -224,6 +225,7 @@ class FusionServer:
         self.constant_api: FusionConstantAPI[Any] | None = None
         self.event_api: FusionEventAPI | None = None
         self.download_api: FusionDownloadAPI | None = None
+        self.health_api: FusionHealthAPI | None = None
         self.pubsub: FusionPubSub | None = None
         self._routes: list[web.AbstractRouteDef] = []
         self._middlewares: list[Any] = []
@@ -268,6 +270,9 @@ class FusionServer:
         if self.config.download is None:
             return None
         return FusionDownloadAPI(self.config.download)
+
+    def create_health_api(self) -> FusionHealthAPI | None:
+        return None if self.config.health is None else FusionHealthAPI(self.config.health)
 
     def create_synchronizer(self) -> FusionSynchronizer | None:
         """The service's synchronizer, run while the app runs (none by default).
@@ -332,6 +337,9 @@ class FusionServer:
         self.download_api = self.create_download_api()
         if self.download_api is not None:
             self.download_api.setup(app)
+        self.health_api = self.create_health_api()
+        if self.health_api is not None:
+            self.health_api.setup(app)
         synchronizer = self.create_synchronizer()
         if synchronizer is not None:
             app.cleanup_ctx.append(synchronizer.cleanup_ctx)

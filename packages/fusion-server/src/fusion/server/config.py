@@ -22,6 +22,7 @@ from fusion.server.case.config import FusionCaseAPIConfig
 from fusion.server.constant.config import FusionConstantAPIConfig
 from fusion.server.download.config import FusionDownloadConfig
 from fusion.server.event.config import FusionEventConfig
+from fusion.server.health.config import FusionHealthConfig
 from fusion.server.info.config import FusionInfoAPIConfig
 from fusion.server.synchronizer.config import FusionSynchronizerConfig
 
@@ -124,6 +125,8 @@ class FusionServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
     download: FusionDownloadConfig | None = None
     # Read by the service's synchronizer (see FusionServer.create_synchronizer).
     synchronizer: FusionSynchronizerConfig | None = None
+    # GET /api/health and /api/ready: served unless set to null.
+    health: FusionHealthConfig | None = msgspec.field(default_factory=FusionHealthConfig)
 
 
 _PATH_RE = re.compile(r"\s*-\s*at\s*`\$([^`]*)`")
