@@ -36,6 +36,7 @@ from fusion.server.auth.config import FusionAuthAPIConfig
 from fusion.server.case.api import FusionCaseAPI
 from fusion.server.config import FusionServerConfig, ServerConfig
 from fusion.server.constant.api import FusionConstantAPI
+from fusion.server.cors import setup_cors
 from fusion.server.download.api import FusionDownloadAPI
 from fusion.server.event.api import FusionEventAPI
 from fusion.server.health import FusionHealthAPI
@@ -340,6 +341,8 @@ class FusionServer:
         self.health_api = self.create_health_api()
         if self.health_api is not None:
             self.health_api.setup(app)
+        if self.config.cors is not None:
+            setup_cors(app, self.config.cors)
         synchronizer = self.create_synchronizer()
         if synchronizer is not None:
             app.cleanup_ctx.append(synchronizer.cleanup_ctx)
