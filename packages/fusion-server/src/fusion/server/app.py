@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -28,8 +29,8 @@ from fusion.helper.http_envelope import envelope_middleware
 from fusion.helper.http_request import BODY_TIMEOUT, IPNetwork
 from fusion.helper.pubsub import FusionPubSub
 from fusion.helper.store import SharedStore, StoreUnavailableError, create_store
-from fusion.helper.tracing import FusionAccessLogger
-from fusion.server.appkeys import CONFIG, PUBSUB, STORAGE, STORE
+from fusion.helper.tracing import FusionAccessLogger, setup_request_ids
+from fusion.server.appkeys import CONFIG, EVENTS, PUBSUB, STORAGE, STORE
 from fusion.server.auth.api import FusionAuthAPI
 from fusion.server.auth.backend import FusionAuthBackend
 from fusion.server.auth.config import FusionAuthAPIConfig
@@ -171,8 +172,16 @@ async def serve_app(
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    received: list[signal.Signals] = []
+
+    def on_signal(signum: signal.Signals) -> None:
+        received.append(signum)
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal, signum)
+    events = app.get(EVENTS)
+    streams = webhooks = 0
     try:
         await runner.setup()
         assert runner.server is not None  # set by setup()
@@ -188,11 +197,32 @@ async def serve_app(
             port if port is not None else server_config.port,
         )
         await site.start()
+        _LOGGER.info(
+            "serving on %s (pid %d)",
+            ", ".join(f"http://{host}:{port}" for host, port, *_ in runner.addresses),
+            os.getpid(),
+        )
         await stop.wait()
+        if isinstance(events, FusionEventAPI):
+            streams, webhooks = events.open_streams, events.notifier.pending
+        _LOGGER.info(
+            "stopping on %s: %d open event streams, %d webhook deliveries pending",
+            received[0].name if received else "request",
+            streams,
+            webhooks,
+        )
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         await runner.cleanup()
+    abandoned = events.notifier.abandoned if isinstance(events, FusionEventAPI) else 0
+    _LOGGER.info(
+        "stopped: %d event streams ended, webhook deliveries: %d waited for, %d abandoned;"
+        " shared store and storage closed",
+        streams,
+        max(0, webhooks - abandoned),
+        abandoned,
+    )
 
 
 class FusionServer:
@@ -343,6 +373,8 @@ class FusionServer:
             self.health_api.setup(app)
         if self.config.cors is not None:
             setup_cors(app, self.config.cors)
+        # Last, so its middleware is the first: every answer carries the id.
+        setup_request_ids(app)
         synchronizer = self.create_synchronizer()
         if synchronizer is not None:
             app.cleanup_ctx.append(synchronizer.cleanup_ctx)
