@@ -274,7 +274,7 @@ async def test_serve_app_serves_its_route_and_the_framework_routes(
     assert f"on http://127.0.0.1:{process.port} (app triage_service:create; store memory://" in (
         start
     )
-    assert "APIs: auth, info, constant, case; service sections: triage)" in start
+    assert "APIs: auth, info, constant, case, health; service sections: triage)" in start
     assert "fusion-server stopped (app triage_service:create)" in output
 
 
@@ -455,7 +455,7 @@ def test_check_config_with_app_validates_the_service_sections(
     assert result.stdout == (
         f"{config}: ok: listen 127.0.0.1:0; store memory://; data {tmp_path / 'data'};"
         " auth backend basic, 1 API key(s), federation key yes;"
-        " APIs: auth, info, constant, case; service sections: triage;"
+        " APIs: auth, info, constant, case, health; service sections: triage;"
         " app triage_service:create builds\n"
     )
     # The same file without --app: the framework does not know the section.

@@ -89,6 +89,8 @@ class FusionNotifier:
         self._session: aiohttp.ClientSession | None = None
         self._deliveries: set[asyncio.Task[bool]] = set()
         self._closed = False
+        self.abandoned = 0
+        """Deliveries the last :meth:`close` cancelled after its grace (for the stop log)."""
 
     # -- publishing -------------------------------------------------------------
     async def notify(self, event: Event[Any], webhooks: Sequence[str] = ()) -> str | None:
@@ -130,6 +132,7 @@ class FusionNotifier:
         self._closed = True
         await self.flush(grace)
         deliveries = list(self._deliveries)
+        self.abandoned = len(deliveries)
         for task in deliveries:
             task.cancel()
         await asyncio.gather(*deliveries, return_exceptions=True)

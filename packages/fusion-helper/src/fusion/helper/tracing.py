@@ -11,6 +11,15 @@ token of every ``/api/download/{guid}/{token}`` URL redacted (a pending download
 key is a credential, and log files are read by more people than the files it
 opens).
 
+Request ids: :func:`setup_request_ids` gives every request of an application an
+id, the request's own ``X-Request-ID`` when it is acceptable (printable ASCII
+without space, quote or backslash, at most :data:`MAX_REQUEST_ID_LENGTH`
+characters), else a new random one. The id is echoed in the response's
+``X-Request-ID``, kept on the request (``request[REQUEST_ID]``, or
+:func:`request_id`), and for the time of the handler in a context variable
+(:func:`current_request_id`) that puts it in the audit records of that request
+and in the access log.
+
 Both run on every request: they build their message once, as a record without
 arguments nor caller lookup (``findCaller`` walks the stack; the line of the
 logging call says nothing here), and do nothing at all when the logger is not
@@ -20,7 +29,10 @@ enabled for the level.
 from __future__ import annotations
 
 import logging
+import os
 import re
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
@@ -28,7 +40,10 @@ from uuid import UUID
 
 import msgspec
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web_request import BaseRequest
+from aiohttp.helpers import RequestKey
+from aiohttp.web_app import Application
+from aiohttp.web_middlewares import middleware
+from aiohttp.web_request import BaseRequest, Request
 from aiohttp.web_response import StreamResponse
 
 from fusion.concept import Identity
@@ -36,10 +51,16 @@ from fusion.helper.datetime import timestamp_iso
 
 __all__ = [
     "AUDIT_LOGGER",
+    "MAX_REQUEST_ID_LENGTH",
     "REDACTED",
+    "REQUEST_ID",
+    "REQUEST_ID_HEADER",
     "AuditRecord",
     "FusionAccessLogger",
+    "current_request_id",
     "redact_download_tokens",
+    "request_id",
+    "setup_request_ids",
     "trace_user_op",
 ]
 
@@ -58,6 +79,9 @@ class AuditRecord(msgspec.Struct, kw_only=True):
     case_guid: UUID | None = None
     client_ip: str | None = None
     context: dict[str, Any] = msgspec.field(default_factory=dict)
+    request_id: str | None = None
+    """The ``X-Request-ID`` of the request that made the decision (the key is
+    absent from a record made outside a request)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible fields, as the ``audit`` attribute holds them."""
@@ -69,6 +93,7 @@ class AuditRecord(msgspec.Struct, kw_only=True):
             None if self.case_guid is None else str(self.case_guid),
             self.client_ip,
             self.context,
+            self.request_id,
         )
 
 
@@ -80,8 +105,9 @@ def _audit_dict(
     case_guid: str | None,
     client_ip: str | None,
     context: dict[str, Any],
+    request_id: str | None,
 ) -> dict[str, Any]:
-    return {
+    fields = {
         "time": when,
         "who": who,
         "action": action,
@@ -90,6 +116,9 @@ def _audit_dict(
         "client_ip": client_ip,
         "context": context,
     }
+    if request_id is not None:
+        fields["request_id"] = request_id
+    return fields
 
 
 def trace_user_op(
@@ -135,8 +164,63 @@ def trace_user_op(
         guid,
         client_ip,
         context or {},
+        _CURRENT_REQUEST_ID.get(),
     )
     logger.handle(record)
+
+
+REQUEST_ID_HEADER = "X-Request-ID"
+MAX_REQUEST_ID_LENGTH = 128
+"""Longer incoming ``X-Request-ID`` values are replaced by a new id."""
+REQUEST_ID: RequestKey[str] = RequestKey("fusion_request_id", str)
+"""The request's id (set by :func:`setup_request_ids`); see :func:`request_id`."""
+
+# Printable ASCII but space, double quote and backslash: nothing a log line or
+# a header must escape.
+_ACCEPTED_REQUEST_ID = re.compile(rf"[!#-\[\]-~]{{1,{MAX_REQUEST_ID_LENGTH}}}")
+_CURRENT_REQUEST_ID: ContextVar[str | None] = ContextVar("fusion_request_id", default=None)
+
+
+def request_id(request: BaseRequest) -> str:
+    """The id of ``request``: its ``X-Request-ID`` when acceptable, else 16 random hex
+    digits; chosen once, then kept under :data:`REQUEST_ID`."""
+    found = request.get(REQUEST_ID)
+    if found is None:
+        incoming = request.headers.get(REQUEST_ID_HEADER)
+        if incoming is not None and _ACCEPTED_REQUEST_ID.fullmatch(incoming):
+            found = incoming
+        else:
+            found = os.urandom(8).hex()
+        request[REQUEST_ID] = found
+    return found
+
+
+def current_request_id() -> str | None:
+    """The id of the request being handled (in its handler and what it awaits), else None."""
+    return _CURRENT_REQUEST_ID.get()
+
+
+@middleware
+async def _request_id_middleware(
+    request: Request, handler: Callable[[Request], Awaitable[StreamResponse]]
+) -> StreamResponse:
+    token = _CURRENT_REQUEST_ID.set(request_id(request))
+    try:
+        return await handler(request)
+    finally:
+        _CURRENT_REQUEST_ID.reset(token)
+
+
+async def _echo_request_id(request: Request, response: StreamResponse) -> None:
+    response.headers[REQUEST_ID_HEADER] = request_id(request)
+
+
+def setup_request_ids(app: Application) -> None:
+    """Give each request of ``app`` an id (see :func:`request_id`), echoed in the
+    response's ``X-Request-ID`` (streamed responses too) and current for its handler
+    (:func:`current_request_id`, the audit records). Its middleware goes first."""
+    app.middlewares.insert(0, _request_id_middleware)
+    app.on_response_prepare.append(_echo_request_id)
 
 
 REDACTED = "<redacted>"
@@ -168,7 +252,8 @@ class FusionAccessLogger(AbstractAccessLogger):
 
     ``127.0.0.1 "GET /api/case/... HTTP/1.1" 200 1234 0.512ms "<referer>" "<user agent>"``
 
-    followed by `` id=<X-Request-ID>`` when the request carries one. The request
+    followed by `` id=<request id>`` when the request has one (:func:`request_id`:
+    every request an application with :func:`setup_request_ids` handled). The request
     line and the headers go through :func:`redact_download_tokens` (a ``Referer``
     may carry a download URL too); the text format escapes what the network sent
     (see :func:`fusion.helper.logging.escape_text`). The record's ``extra``
@@ -211,8 +296,8 @@ class FusionAccessLogger(AbstractAccessLogger):
         fields["response_size"] = size
         fields["request_time"] = time
         fields["request_header"] = {"Referer": referer, "User-Agent": agent}
-        request_id = headers.get("X-Request-ID")
-        if request_id is not None:
-            record.msg = f"{message} id={request_id}"
-            fields["request_id"] = request_id
+        the_id = request.get(REQUEST_ID)
+        if the_id is not None:
+            record.msg = f"{message} id={the_id}"
+            fields["request_id"] = the_id
         logger.handle(record)

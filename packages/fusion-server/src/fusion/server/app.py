@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -28,16 +29,18 @@ from fusion.helper.http_envelope import envelope_middleware
 from fusion.helper.http_request import BODY_TIMEOUT, IPNetwork
 from fusion.helper.pubsub import FusionPubSub
 from fusion.helper.store import SharedStore, StoreUnavailableError, create_store
-from fusion.helper.tracing import FusionAccessLogger
-from fusion.server.appkeys import CONFIG, PUBSUB, STORAGE, STORE
+from fusion.helper.tracing import FusionAccessLogger, setup_request_ids
+from fusion.server.appkeys import CONFIG, EVENTS, PUBSUB, STORAGE, STORE
 from fusion.server.auth.api import FusionAuthAPI
 from fusion.server.auth.backend import FusionAuthBackend
 from fusion.server.auth.config import FusionAuthAPIConfig
 from fusion.server.case.api import FusionCaseAPI
 from fusion.server.config import FusionServerConfig, ServerConfig
 from fusion.server.constant.api import FusionConstantAPI
+from fusion.server.cors import setup_cors
 from fusion.server.download.api import FusionDownloadAPI
 from fusion.server.event.api import FusionEventAPI
+from fusion.server.health import FusionHealthAPI
 from fusion.server.info.api import FusionInfoAPI
 from fusion.server.routing import expect_handler, with_expect_handler
 from fusion.server.storage import FusionStorage
@@ -171,8 +174,16 @@ async def serve_app(
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    received: list[signal.Signals] = []
+
+    def on_signal(signum: signal.Signals) -> None:
+        received.append(signum)
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal, signum)
+    events = app.get(EVENTS)
+    streams = webhooks = 0
     try:
         await runner.setup()
         assert runner.server is not None  # set by setup()
@@ -189,11 +200,32 @@ async def serve_app(
             reuse_port=reuse_port or None,
         )
         await site.start()
+        _LOGGER.info(
+            "serving on %s (pid %d)",
+            ", ".join(f"http://{host}:{port}" for host, port, *_ in runner.addresses),
+            os.getpid(),
+        )
         await stop.wait()
+        if isinstance(events, FusionEventAPI):
+            streams, webhooks = events.open_streams, events.notifier.pending
+        _LOGGER.info(
+            "stopping on %s: %d open event streams, %d webhook deliveries pending",
+            received[0].name if received else "request",
+            streams,
+            webhooks,
+        )
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         await runner.cleanup()
+    abandoned = events.notifier.abandoned if isinstance(events, FusionEventAPI) else 0
+    _LOGGER.info(
+        "stopped: %d event streams ended, webhook deliveries: %d waited for, %d abandoned;"
+        " shared store and storage closed",
+        streams,
+        max(0, webhooks - abandoned),
+        abandoned,
+    )
 
 
 class FusionServer:
@@ -227,6 +259,7 @@ class FusionServer:
         self.constant_api: FusionConstantAPI[Any] | None = None
         self.event_api: FusionEventAPI | None = None
         self.download_api: FusionDownloadAPI | None = None
+        self.health_api: FusionHealthAPI | None = None
         self.pubsub: FusionPubSub | None = None
         self._routes: list[web.AbstractRouteDef] = []
         self._middlewares: list[Any] = []
@@ -271,6 +304,9 @@ class FusionServer:
         if self.config.download is None:
             return None
         return FusionDownloadAPI(self.config.download)
+
+    def create_health_api(self) -> FusionHealthAPI | None:
+        return None if self.config.health is None else FusionHealthAPI(self.config.health)
 
     def create_synchronizer(self) -> FusionSynchronizer | None:
         """The service's synchronizer, run while the app runs (none by default).
@@ -339,6 +375,13 @@ class FusionServer:
         self.download_api = self.create_download_api()
         if self.download_api is not None:
             self.download_api.setup(app)
+        self.health_api = self.create_health_api()
+        if self.health_api is not None:
+            self.health_api.setup(app)
+        if self.config.cors is not None:
+            setup_cors(app, self.config.cors)
+        # Last, so its middleware is the first: every answer carries the id.
+        setup_request_ids(app)
         synchronizer = self.create_synchronizer()
         if synchronizer is not None:
             app.cleanup_ctx.append(synchronizer.cleanup_ctx)

@@ -20,8 +20,10 @@ from fusion.helper.http_request import DEFAULT_BODY_TIMEOUT, IPNetwork
 from fusion.server.auth.config import FusionAuthAPIConfig
 from fusion.server.case.config import FusionCaseAPIConfig
 from fusion.server.constant.config import FusionConstantAPIConfig
+from fusion.server.cors.config import FusionCORSConfig
 from fusion.server.download.config import FusionDownloadConfig
 from fusion.server.event.config import FusionEventConfig
+from fusion.server.health.config import FusionHealthConfig
 from fusion.server.info.config import FusionInfoAPIConfig
 from fusion.server.metrics.config import FusionMetricsConfig
 from fusion.server.synchronizer.config import FusionSynchronizerConfig
@@ -127,6 +129,10 @@ class FusionServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
     synchronizer: FusionSynchronizerConfig | None = None
     # Prometheus metrics (the ``metrics`` extra); absent: none collected.
     metrics: FusionMetricsConfig | None = None
+    # GET /api/health and /api/ready: served unless set to null.
+    health: FusionHealthConfig | None = msgspec.field(default_factory=FusionHealthConfig)
+    # CORS for a front-end of another origin: off unless given.
+    cors: FusionCORSConfig | None = None
 
 
 _PATH_RE = re.compile(r"\s*-\s*at\s*`\$([^`]*)`")

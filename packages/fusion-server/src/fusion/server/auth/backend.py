@@ -76,6 +76,12 @@ class FusionAuthBackend(ABC):
     async def shutdown(self) -> None:
         """Release what startup opened."""
 
+    async def ready(self) -> None:
+        """Raise :class:`BackendUnavailableError` when logins cannot be served now
+        (``GET /api/ready`` then answers 503). Cheap, called by every readiness
+        probe, which bounds it with a timeout. The default (basic: users in the
+        configuration) is always ready."""
+
     @abstractmethod
     async def login(self, data: dict[str, Any]) -> Identity | None:
         """Authenticate the ``data`` object of a login body."""

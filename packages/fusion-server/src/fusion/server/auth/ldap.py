@@ -8,8 +8,9 @@ import logging
 import math
 import re
 import ssl
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -27,6 +28,7 @@ from fusion.server.auth.backend import (
 __all__ = ["LDAPBackend", "LDAPBackendConfig"]
 
 _LOGGER = logging.getLogger("fusion.server.auth.ldap")
+_T = TypeVar("_T")
 # "(uid={username})" or "uid={username},ou=people,...": the attribute the login name is matched on.
 _MATCHED_ATTRIBUTE = re.compile(r"(?:^|\()\s*([A-Za-z][A-Za-z0-9-]*)\s*=\s*\{username\}")
 
@@ -226,9 +228,27 @@ class LDAPBackend(FusionAuthBackend):
     def info(self) -> AuthInfo:
         return AuthInfo(type=self.type, parameters={"mode": self.config.mode})
 
+    async def ready(self) -> None:
+        """Opens a connection to the directory (with StartTLS when configured) and
+        binds the service account when there is one, on the backend's threads."""
+        executor = self._ensure_ready()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(executor, self._guarded, self._check_directory)
+
     # -- blocking part, run in the executor ------------------------------------
 
+    def _check_directory(self) -> None:
+        config = self.config
+        if config.bind_dn is not None:
+            self._service_connection().unbind()
+        else:
+            self._connection(None, None).unbind()
+
     def _login_blocking(self, username: str, password: str) -> Identity | None:
+        return self._guarded(self._authenticate, username, password)
+
+    def _guarded(self, call: Callable[..., _T], *args: Any) -> _T:
+        """``call(*args)`` with ldap3's errors raised as :class:`BackendUnavailableError`."""
         from ldap3.core.exceptions import (
             LDAPCommunicationError,
             LDAPException,
@@ -237,7 +257,7 @@ class LDAPBackend(FusionAuthBackend):
         )
 
         try:
-            return self._authenticate(username, password)
+            return call(*args)
         except (LDAPCommunicationError, LDAPResponseTimeoutError, LDAPStartTLSError) as error:
             raise BackendUnavailableError(
                 f"LDAP directory {self.config.url} unreachable: {error}"

@@ -250,6 +250,11 @@ class OIDCBackend(FusionAuthBackend):
         if session is not None:
             await session.close()
 
+    async def ready(self) -> None:
+        """Discovery and the JWKS fetched: cached as for tokens (``jwks_cache_ttl``),
+        so probes do not call the provider each time, and stale keys still count."""
+        await self._ensure_keys()
+
     def _client_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             config = self.config

@@ -98,6 +98,12 @@ class FusionStorage(ABC, Generic[CaseT]):
         """Release what :meth:`startup` opened."""
         return None
 
+    async def ready(self) -> None:
+        """Raise when the storage cannot serve requests now (closed, unwritable,
+        unreachable): ``GET /api/ready`` then answers 503. Cheap: probes call it
+        every few seconds. The default checks nothing."""
+        return None
+
     async def __aenter__(self) -> Self:
         await self.startup()
         return self

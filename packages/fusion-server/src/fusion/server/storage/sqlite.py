@@ -52,7 +52,9 @@ succeed wrongly.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -174,6 +176,18 @@ class SQLiteStorage(FusionStorage[CaseT]):
         await loop.run_in_executor(handles.read_executor, handles.probe.close)
         handles.write_executor.shutdown(wait=False)
         handles.read_executor.shutdown(wait=False)
+
+    async def ready(self) -> None:
+        """:class:`StorageClosedError` when not started; OSError when the database
+        file is gone or the data directory takes no new file. Runs on the write
+        thread, so a wedged writer fails the caller's timeout too."""
+        await self._write(self._probe)
+
+    def _probe(self, conn: sqlite3.Connection) -> None:
+        os.stat(self.path)
+        with tempfile.TemporaryFile(dir=self.data_dir) as probe:
+            probe.write(b"ready")
+            probe.flush()
 
     def _connect(self, busy_timeout_ms: int) -> sqlite3.Connection:
         return connect(self.path, busy_timeout_ms, self._synchronous)
