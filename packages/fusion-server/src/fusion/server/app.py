@@ -39,6 +39,7 @@ from fusion.server.constant.api import FusionConstantAPI
 from fusion.server.download.api import FusionDownloadAPI
 from fusion.server.event.api import FusionEventAPI
 from fusion.server.info.api import FusionInfoAPI
+from fusion.server.openapi import setup_openapi
 from fusion.server.routing import expect_handler, with_expect_handler
 from fusion.server.storage import FusionStorage
 from fusion.server.storage.sqlite import SQLiteStorage
@@ -337,6 +338,7 @@ class FusionServer:
             app.cleanup_ctx.append(synchronizer.cleanup_ctx)
         self.setup_routes(app)
         app.router.add_routes(with_expect_handler(route) for route in self._routes)
+        setup_openapi(app)  # describes every route above (GET /api/openapi.json)
         return app
 
     async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:
