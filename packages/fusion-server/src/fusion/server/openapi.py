@@ -32,6 +32,7 @@ from fusion.server.routing import expect_handler
 __all__ = [
     "EVENT_STREAM",
     "JSON",
+    "MULTIPART",
     "OCTET_STREAM",
     "OPENAPI_PATH",
     "LoginBody",
@@ -48,6 +49,8 @@ EVENT_STREAM = "text/event-stream"
 """Content type of an event stream."""
 OCTET_STREAM = "application/octet-stream"
 """Content type of a file (a download)."""
+MULTIPART = "multipart/form-data"
+"""Content type of an upload's body."""
 OPENAPI_PATH = "/api/openapi.json"
 """Where :func:`setup_openapi` serves the document."""
 
@@ -73,9 +76,11 @@ class Operation:
     ``request`` is the type of the JSON body (None: no body); ``response`` the
     type of the envelope's ``data`` (None: ``{"status": 200}`` only), or of
     nothing when ``content_type`` is not JSON (a stream or a file).
-    ``errors`` are the 4xx statuses the route answers on purpose (each in the
-    error envelope; 401 is implied by ``auth``, 400 and 413 by ``request``).
-    ``enveloped`` False: the JSON answer is ``response`` itself. ``auth``:
+    ``errors`` are other statuses the route answers on purpose, each in the
+    error envelope: 401 and 403 are implied by ``auth``, 400 and 413 by
+    ``request``, 400 and 404 by a path parameter. ``upload``: the body is
+    ``multipart/form-data``, a ``file`` part and ``request``'s fields as text
+    parts. ``enveloped`` False: the JSON answer is ``response`` itself. ``auth``:
     True when a caller must be authenticated, False when nobody needs to be,
     None when the configuration decides.
     """
@@ -86,7 +91,7 @@ class Operation:
     errors: tuple[int, ...] = ()
     auth: bool | None = True
     content_type: str = JSON
-    request_content_type: str = JSON
+    upload: bool = False
     enveloped: bool = True
 
 
@@ -98,7 +103,7 @@ def operation(
     errors: tuple[int, ...] = (),
     auth: bool | None = True,
     content_type: str = JSON,
-    request_content_type: str = JSON,
+    upload: bool = False,
     enveloped: bool = True,
 ) -> Callable[[_HandlerT], _HandlerT]:
     """Decorate a route handler with its :class:`Operation` (see there).
@@ -114,7 +119,7 @@ def operation(
         errors=errors,
         auth=auth,
         content_type=content_type,
-        request_content_type=request_content_type,
+        upload=upload,
         enveloped=enveloped,
     )
 
@@ -207,6 +212,17 @@ def _content(
     return {content_type: {"schema": body}}
 
 
+def _request_body(described: Operation, schema: dict[str, Any]) -> dict[str, Any]:
+    if not described.upload:
+        return {"required": True, "content": {JSON: {"schema": schema}}}
+    file_part = {
+        "type": "object",
+        "properties": {"file": {"type": "string", "contentMediaType": OCTET_STREAM}},
+        "required": ["file"],
+    }
+    return {"required": True, "content": {MULTIPART: {"schema": {"allOf": [schema, file_part]}}}}
+
+
 def build_openapi(app: web.Application, *, title: str | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 document of every route in ``app``'s router.
 
@@ -259,11 +275,14 @@ def build_openapi(app: web.Application, *, title: str | None = None) -> dict[str
         if method != "head":
             success["content"] = _content(described, response_schema, schemas[-1])
         responses: dict[str, Any] = {"200": success}
+        parameters = _path_parameters(template)
         errors = set(described.errors)
         if described.auth:
-            errors.add(401)
+            errors.update((401, 403))
         if described.request is not None:
             errors.update((400, 413))
+        if parameters:
+            errors.update((400, 404))
         for status in sorted(errors):
             responses[str(status)] = _error(status)
         responses["default"] = _error(500) | {"description": "other errors, in the envelope"}
@@ -273,14 +292,10 @@ def build_openapi(app: web.Application, *, title: str | None = None) -> dict[str
             "security": _security(described.auth),
             "responses": responses,
         }
-        parameters = _path_parameters(template)
         if parameters:
             entry["parameters"] = parameters
         if request_schema is not None:
-            entry["requestBody"] = {
-                "required": True,
-                "content": {described.request_content_type: {"schema": request_schema}},
-            }
+            entry["requestBody"] = _request_body(described, request_schema)
         paths.setdefault(template, {})[method] = entry
     auth_api = app.get(AUTH)
     session_cookie = auth_api.config.session.cookie_name if auth_api else "FUSION_SESSION"

@@ -81,9 +81,9 @@ def _check_if_match(request: web.Request, case_guid: UUID, version: int) -> None
     )
 
 
-# What a change of a case may answer: bad GUID or body, access, not found,
-# concurrent changes, If-Match mismatch.
-_CHANGE_ERRORS = (400, 403, 404, 409, 412)
+# What a change of a case may answer beyond the implied: concurrent changes,
+# If-Match mismatch.
+_CHANGE_ERRORS = (409, 412)
 
 
 def _case_guid(request: web.Request) -> UUID:
@@ -374,7 +374,7 @@ class FusionCaseAPI(Generic[CaseT]):
         ]
         return json_response(cases)
 
-    @operation("Create a case", request=Case, response=Case, errors=(403,))
+    @operation("Create a case", request=Case, response=Case)
     async def create_case(self, request: web.Request) -> web.Response:
         """``POST /api/case``: create a case from a (partial) Case body."""
         await self.auth.authorize(request, CREATE_CASE)
@@ -390,7 +390,7 @@ class FusionCaseAPI(Generic[CaseT]):
         await self._notify("create_case", case, ctx.ext or None)
         return json_response(case)
 
-    @operation("A case, with its ETag", response=Case, errors=(400, 403, 404))
+    @operation("A case, with its ETag", response=Case)
     async def retrieve_case(self, request: web.Request) -> web.Response:
         """``GET /api/case/{case_guid}``, with the case's ETag."""
         case_guid = _case_guid(request)
@@ -447,7 +447,7 @@ class FusionCaseAPI(Generic[CaseT]):
         await self._notify("delete_case", case, ctx.ext or None)
         return json_response()
 
-    @operation("Attach a case under another GUID", response=Case, errors=(400, 403, 404))
+    @operation("Attach a case under another GUID", response=Case)
     async def attach_case(self, request: web.Request) -> web.Response:
         """``PUT /api/case/{case_guid}/attach/{next_case_guid}``: federation key only,
         refused on a closed case."""

@@ -581,7 +581,7 @@ class FusionEventAPI:
         except StoreUnavailableError as exc:
             _LOGGER.warning("cannot announce %s leaving case %s: %s", username, case.guid, exc)
 
-    @operation("A case's events", content_type=EVENT_STREAM, errors=(400, 403, 404, 429))
+    @operation("A case's events", content_type=EVENT_STREAM, errors=(429,))
     async def _handle_events(self, request: web.Request) -> web.StreamResponse:
         if self._closing:
             raise FusionHTTPError(503, "server shutting down")
