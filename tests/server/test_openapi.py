@@ -19,6 +19,8 @@ from uuid import uuid4
 import aiohttp
 import msgspec
 import pytest
+from aiohttp import web
+from fusion_testing.fixtures_openapi import record_answers
 from fusion_testing.fixtures_server import (
     FEDERATION_KEY,
     HTTPSessionFactory,
@@ -29,8 +31,10 @@ from fusion_testing.fixtures_server import (
 from fusion_testing.openapi_check import OpenAPIChecker
 from openapi_spec_validator import validate
 
+from fusion.concept import Concept
+from fusion.helper.http_envelope import json_response
 from fusion.server.app import FusionServer
-from fusion.server.openapi import build_openapi, operation_of
+from fusion.server.openapi import build_openapi, operation, operation_of
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -203,3 +207,46 @@ async def test_a_mismatching_answer_is_caught(
         checker.check("GET", "/api/cases", 409, "application/json", b"{}")
     with pytest.raises(AssertionError, match="matches no path"):
         checker.check("GET", "/api/nowhere", 200, "application/json", b"{}")
+
+
+class Verdict(Concept, kw_only=True):
+    sha256: str
+
+
+@operation("A verdict", response=Verdict)
+async def _verdict(request: web.Request) -> web.Response:
+    return json_response(Verdict(sha256="00"))
+
+
+@operation("A verdict that drifted from its declaration", response=Verdict)
+async def _drifted(request: web.Request) -> web.Response:
+    return json_response({"sha256": 1})
+
+
+@pytest.mark.openapi_unchecked  # its drifted answer is on purpose
+async def test_the_openapi_check_option_catches_drift(
+    tmp_path: Path,
+    fusion_server: ServerFactory,
+    http_sessions: HTTPSessionFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What ``--openapi-check`` does to every test: answers read are checked."""
+    server = FusionServer(server_config(tmp_path))
+    server.add_routes([web.get("/api/verdict", _verdict), web.get("/api/drifted", _drifted)])
+    running = await fusion_server(server)
+    plain = web.Application()  # no /api/openapi.json: its answers are not checked
+    plain.router.add_get("/api/drifted", _drifted)
+    other = await fusion_server(plain)
+    recorder = record_answers(monkeypatch)
+    session = http_sessions(running.url)
+    for path in ("/api/verdict", "/api/info", "/api/nowhere"):
+        async with session.get(path) as response:
+            await response.read()
+    assert (recorder.checked, recorder.failures) == (2, [])
+    async with session.get("/api/drifted") as response:
+        assert (await response.json())["data"] == {"sha256": 1}
+    async with http_sessions(other.url).get("/api/drifted") as response:
+        await response.read()
+    assert recorder.checked == 3
+    assert len(recorder.failures) == 1
+    assert recorder.failures[0].startswith("GET /api/drifted 200: 1 is not of type 'string'")
