@@ -83,6 +83,10 @@ def test_document_validates_and_describes_every_route(triage: ModuleType, tmp_pa
     download = paths["/api/download/{guid}/{token}"]["get"]
     assert list(download["responses"]["200"]["content"]) == ["application/octet-stream"]
     assert download["security"] == []
+    # Implied statuses: 401 where the configuration may require a login (auth
+    # None), 415 for a body's unknown Content-Encoding; 422: a case hook refuses.
+    assert "401" in paths["/api/info"]["get"]["responses"]
+    assert {"400", "413", "415", "422"} <= set(paths["/api/case"]["post"]["responses"])
     assert paths["/api/openapi.json"]["get"]["security"] == []
 
 

@@ -77,8 +77,9 @@ class Operation:
     type of the envelope's ``data`` (None: ``{"status": 200}`` only), or of
     nothing when ``content_type`` is not JSON (a stream or a file).
     ``errors`` are other statuses the route answers on purpose, each in the
-    error envelope: 401 and 403 are implied by ``auth``, 400 and 413 by
-    ``request``, 400 and 404 by a path parameter. ``upload``: the body is
+    error envelope: 401 and 403 are implied by ``auth`` (401 by None too), 400 and 413 by
+    ``request`` (and 415, an unknown Content-Encoding), 400 and 404 by a path
+    parameter. ``upload``: the body is
     ``multipart/form-data``, a ``file`` part and ``request``'s fields as text
     parts. ``enveloped`` False: the JSON answer is ``response`` itself. ``auth``:
     True when a caller must be authenticated, False when nobody needs to be,
@@ -163,6 +164,12 @@ def _replacements(app: web.Application) -> dict[Any, Any]:
     return replacements
 
 
+# A route without @operation: any envelope, any of the usual error statuses.
+_UNDESCRIBED = Operation(
+    summary="(not described)", response=Any, auth=None, errors=(400, 403, 404, 409, 412, 413, 429)
+)
+
+
 def _envelope(data: dict[str, Any] | None) -> dict[str, Any]:
     properties: dict[str, Any] = {"status": {"const": 200}, "message": {"type": "string"}}
     required = ["status"]
@@ -240,7 +247,7 @@ def build_openapi(app: web.Application, *, title: str | None = None) -> dict[str
             continue
         described = operation_of(route.handler)
         if described is None:
-            described = Operation(summary="(not described)", response=Any, auth=None)
+            described = _UNDESCRIBED
         routes.append((route.method.lower(), template, described))
     # One call for every type: shared Structs become one component each.
     bodies = [
@@ -277,10 +284,12 @@ def build_openapi(app: web.Application, *, title: str | None = None) -> dict[str
         responses: dict[str, Any] = {"200": success}
         parameters = _path_parameters(template)
         errors = set(described.errors)
+        if described.auth is not False:
+            errors.add(401)  # auth None: when the configuration requires it
         if described.auth:
-            errors.update((401, 403))
+            errors.add(403)
         if described.request is not None:
-            errors.update((400, 413))
+            errors.update((400, 413, 415))  # 415: a Content-Encoding it cannot decode
         if parameters:
             errors.update((400, 404))
         for status in sorted(errors):

@@ -82,8 +82,8 @@ def _check_if_match(request: web.Request, case_guid: UUID, version: int) -> None
 
 
 # What a change of a case may answer beyond the implied: concurrent changes,
-# If-Match mismatch.
-_CHANGE_ERRORS = (409, 412)
+# If-Match mismatch, a service hook's refusal (422 by convention).
+_CHANGE_ERRORS = (409, 412, 422)
 
 
 def _case_guid(request: web.Request) -> UUID:
@@ -374,7 +374,7 @@ class FusionCaseAPI(Generic[CaseT]):
         ]
         return json_response(cases)
 
-    @operation("Create a case", request=Case, response=Case)
+    @operation("Create a case", request=Case, response=Case, errors=(422,))
     async def create_case(self, request: web.Request) -> web.Response:
         """``POST /api/case``: create a case from a (partial) Case body."""
         await self.auth.authorize(request, CREATE_CASE)
@@ -447,7 +447,7 @@ class FusionCaseAPI(Generic[CaseT]):
         await self._notify("delete_case", case, ctx.ext or None)
         return json_response()
 
-    @operation("Attach a case under another GUID", response=Case)
+    @operation("Attach a case under another GUID", response=Case, errors=(422,))
     async def attach_case(self, request: web.Request) -> web.Response:
         """``PUT /api/case/{case_guid}/attach/{next_case_guid}``: federation key only,
         refused on a closed case."""
