@@ -69,7 +69,7 @@ if TYPE_CHECKING:
         FusionInfoAPI,
         FusionInfoAPIConfig,
     )
-    from fusion.server.openapi import Operation, build_openapi, operation
+    from fusion.server.openapi import Operation, build_openapi, operation, setup_openapi
     from fusion.server.storage import (
         CaseConflictError,
         CaseExistsError,
@@ -135,6 +135,7 @@ _EXPORTS: dict[str, str] = {
     "Operation": "openapi",
     "build_openapi": "openapi",
     "operation": "openapi",
+    "setup_openapi": "openapi",
     "CaseConflictError": "storage",
     "CaseExistsError": "storage",
     "CaseNotFoundError": "storage",
@@ -213,6 +214,7 @@ __all__ = [
     "operation",
     "receive_upload",
     "serve_app",
+    "setup_openapi",
 ]
 
 
