@@ -2,9 +2,13 @@
 the OpenAPI document of the server that sent it (loaded by the root conftest).
 
 With the option, ``aiohttp.ClientResponse.read`` (which ``json()`` and
-``text()`` use, so the Fusion client too) records each answer; the first
-answer from an origin fetches that origin's ``/api/openapi.json`` (an origin
-without one, such as a test's OIDC issuer, is not checked). Answers whose
+``text()`` use, so the Fusion client too) records each answer. An answer
+from an application the test runs in-process is checked against
+``build_openapi(app)`` (applications without ``setup_openapi``, such as a
+test's OIDC issuer, are not checked); from another origin (a ``fusion-server``
+subprocess), the first answer fetches its ``/api/openapi.json``: one more
+request that server sees, so a test counting its requests or access-log lines
+needs the ``openapi_unchecked`` marker under the option. Answers whose
 path or method the document does not list (a 404 or 405 of the router) are
 left out; the others must be as documented (:class:`OpenAPIChecker`), or the
 test fails at teardown (unless marked ``openapi_unchecked``). Streamed
@@ -20,7 +24,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from fusion.server.openapi import build_openapi, serves_openapi
 from fusion_testing.openapi_check import OpenAPIChecker
 
 __all__ = ["OpenAPIRecorder", "openapi_check", "record_answers"]
@@ -36,10 +42,34 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+# In-process applications by the port they listen on, whatever the scope of
+# the fixture that started them (the sites' start records them, with the option).
+_IN_PROCESS: dict[int, web.Application] = {}
+_SITES: tuple[type[web.BaseSite], ...] = (web.TCPSite, web.SockSite)
+_STARTS = {site: site.start for site in _SITES}
+
+
+async def _recording_start(self: web.BaseSite) -> None:
+    await _STARTS[type(self)](self)
+    app = getattr(self._runner, "app", None)
+    for sock in getattr(self._server, "sockets", None) or ():
+        address = sock.getsockname()
+        if isinstance(app, web.Application) and isinstance(address, tuple):
+            _IN_PROCESS[address[1]] = app
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "openapi_unchecked: --openapi-check leaves this test's answers alone"
     )
+    if config.getoption("--openapi-check"):
+        for site in _SITES:
+            site.start = _recording_start  # type: ignore[method-assign]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for site, start in _STARTS.items():
+        site.start = start  # type: ignore[method-assign]
 
 
 class OpenAPIRecorder:
@@ -51,6 +81,11 @@ class OpenAPIRecorder:
         self.failures: list[str] = []
 
     async def checker(self, origin: str) -> OpenAPIChecker | None:
+        port = int(origin.rsplit(":", 1)[1])
+        if origin not in self.checkers and port in _IN_PROCESS:
+            app = _IN_PROCESS[port]
+            served = serves_openapi(app)
+            self.checkers[origin] = OpenAPIChecker(build_openapi(app)) if served else None
         if origin not in self.checkers:
             document: Any = None
             token = _FETCHING.set(True)

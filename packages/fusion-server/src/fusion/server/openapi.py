@@ -40,6 +40,7 @@ __all__ = [
     "build_openapi",
     "operation",
     "operation_of",
+    "serves_openapi",
     "setup_openapi",
 ]
 
@@ -164,16 +165,19 @@ def _replacements(app: web.Application) -> dict[Any, Any]:
     return replacements
 
 
-# A route without @operation: any envelope, any of the usual error statuses.
+# A route without @operation: any envelope (data or not), any usual error status.
 _UNDESCRIBED = Operation(
-    summary="(not described)", response=Any, auth=None, errors=(400, 403, 404, 409, 412, 413, 429)
+    summary="(not described)", auth=None, errors=(400, 403, 404, 409, 412, 413, 415, 429)
 )
 
 
-def _envelope(data: dict[str, Any] | None) -> dict[str, Any]:
+def _envelope(data: dict[str, Any] | None, *, described: bool = True) -> dict[str, Any]:
     properties: dict[str, Any] = {"status": {"const": 200}, "message": {"type": "string"}}
     required = ["status"]
-    if data is not None:
+    if not described:
+        properties["data"] = {}
+        properties["count"] = {"type": "integer", "minimum": 0}
+    elif data is not None:
         properties["data"] = data
         properties["count"] = {"type": "integer", "minimum": 0}
         required += ["data", "count"]
@@ -213,7 +217,10 @@ def _content(
             "x-fusion-event": event,
         }
     elif content_type == JSON:
-        body = _envelope(schema) if described.enveloped else (schema or {})
+        if not described.enveloped:
+            body = schema or {}
+        else:
+            body = _envelope(schema, described=described is not _UNDESCRIBED)
     else:
         body = {"type": "string", "contentMediaType": content_type}
     return {content_type: {"schema": body}}
@@ -234,7 +241,8 @@ def build_openapi(app: web.Application, *, title: str | None = None) -> dict[str
     """The OpenAPI 3.1 document of every route in ``app``'s router.
 
     Routes whose handler has no :func:`operation` are listed too, with a
-    response of any envelope, so the document never misses a route.
+    response of any envelope (``data`` or not) and the usual 4xx, so the
+    document never misses a route.
     ``title`` defaults to the Info API's ``api`` (else ``fusion``).
     """
     replacements = _replacements(app)
@@ -337,6 +345,11 @@ async def _get_openapi(request: web.Request) -> web.Response:
     if not cache:
         cache.append(msgspec.json.encode(build_openapi(request.app)))
     return web.Response(body=cache[0], content_type=JSON)
+
+
+def serves_openapi(app: web.Application) -> bool:
+    """Whether :func:`setup_openapi` was called on ``app``."""
+    return _DOCUMENT in app
 
 
 def setup_openapi(app: web.Application) -> None:
