@@ -14,7 +14,7 @@ from uuid import UUID, uuid4
 import msgspec
 from aiohttp import web
 
-from fusion.concept import Case, Concept, Constant
+from fusion.concept import Case, Concept, Constant, PendingDownloadKey
 from fusion.helper import FusionHTTPError, json_response
 from fusion.helper.filesystem import safe_segment
 from fusion.server import (
@@ -28,6 +28,7 @@ from fusion.server import (
     FusionServerConfig,
     SQLiteStorage,
     load_config,
+    operation,
     receive_upload,
 )
 
@@ -68,15 +69,14 @@ class Triage:
     def samples(self, case_guid: UUID) -> ConceptStorage[Sample]:
         return ConceptStorage(Path(self.config.samples_dir) / str(case_guid), Sample)
 
+    @operation("Upload a sample and its fields", request=SampleFields, response=Sample, upload=True)
     async def upload(self, request: web.Request) -> web.Response:
-        """``POST /api/triage/{case_guid}/samples``: a file and its fields."""
         action = Action("upload_sample", change=True)
         case = await request.app[CASE_API].authorize_case(request, action)
         samples = self.samples(case.guid)
         staged = samples.root / ".incoming"  # a name of its own: no clash with another upload
-        limit = self.config.max_sample_size
         upload = await receive_upload(
-            request, staged, uuid4().hex, max_size=limit, fields=SampleFields
+            request, staged, uuid4().hex, max_size=self.config.max_sample_size, fields=SampleFields
         )
         name = upload.filename or upload.sha256
         sample = Sample(sha256=upload.sha256, filename=name, size=upload.size, fields=upload.fields)
@@ -85,13 +85,14 @@ class Triage:
         await request.app[EVENTS].notify("sample_uploaded", case, {"sha256": sample.sha256})
         return json_response(sample)
 
+    @operation("The case's samples", response=list[Sample])
     async def list_samples(self, request: web.Request) -> web.Response:
         case = await request.app[CASE_API].authorize_case(request, Action("read_samples"))
         found = await self.samples(case.guid).enumerate_metadata()
         return json_response([sample for _key, sample in found])
 
+    @operation("A one-time download key of a sample", response=PendingDownloadKey)
     async def download(self, request: web.Request) -> web.Response:
-        """A one-time download key of a sample."""
         case = await request.app[CASE_API].authorize_case(request, Action("read_samples"))
         sha256 = safe_segment(request.match_info["sha256"])
         sample = await self.samples(case.guid).read_metadata(sha256)

@@ -69,6 +69,7 @@ if TYPE_CHECKING:
         FusionInfoAPI,
         FusionInfoAPIConfig,
     )
+    from fusion.server.openapi import Operation, build_openapi, operation, setup_openapi
     from fusion.server.storage import (
         CaseConflictError,
         CaseExistsError,
@@ -131,6 +132,10 @@ _EXPORTS: dict[str, str] = {
     "FusionEventConfig": "event",
     "FusionInfoAPI": "info",
     "FusionInfoAPIConfig": "info",
+    "Operation": "openapi",
+    "build_openapi": "openapi",
+    "operation": "openapi",
+    "setup_openapi": "openapi",
     "CaseConflictError": "storage",
     "CaseExistsError": "storage",
     "CaseNotFoundError": "storage",
@@ -187,6 +192,7 @@ __all__ = [
     "FusionStorage",
     "FusionSynchronizer",
     "FusionSynchronizerConfig",
+    "Operation",
     "RowExistsError",
     "SQLiteStorage",
     "SQLiteTable",
@@ -199,13 +205,16 @@ __all__ = [
     "Upload",
     "VersionedCase",
     "__version__",
+    "build_openapi",
     "can_access_case",
     "can_delete",
     "case_folder_name",
     "decode_config",
     "load_config",
+    "operation",
     "receive_upload",
     "serve_app",
+    "setup_openapi",
 ]
 
 

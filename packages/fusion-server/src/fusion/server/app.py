@@ -42,6 +42,7 @@ from fusion.server.download.api import FusionDownloadAPI
 from fusion.server.event.api import FusionEventAPI
 from fusion.server.health import FusionHealthAPI
 from fusion.server.info.api import FusionInfoAPI
+from fusion.server.openapi import setup_openapi
 from fusion.server.routing import expect_handler, with_expect_handler
 from fusion.server.storage import FusionStorage
 from fusion.server.storage.sqlite import SQLiteStorage
@@ -387,6 +388,7 @@ class FusionServer:
             app.cleanup_ctx.append(synchronizer.cleanup_ctx)
         self.setup_routes(app)
         app.router.add_routes(with_expect_handler(route) for route in self._routes)
+        setup_openapi(app)  # describes every route above (GET /api/openapi.json)
         return app
 
     async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:

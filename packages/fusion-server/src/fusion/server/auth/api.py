@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fusion.concept import Case, Identity
+from fusion.concept import AuthInfo, Case, Identity
 from fusion.helper.http_envelope import FusionHTTPError, json_response
 from fusion.helper.http_request import IPNetwork, client_ip, read_json
 from fusion.helper.store import SharedStore, StoreUnavailableError
@@ -34,6 +34,7 @@ from fusion.server.auth.backend import (
 from fusion.server.auth.caller import Caller
 from fusion.server.auth.config import FusionAuthAPIConfig
 from fusion.server.auth.session import SessionManager
+from fusion.server.openapi import LoginBody, operation
 from fusion.server.routing import expect_handler
 from fusion.server.storage import FusionStorage
 
@@ -441,6 +442,13 @@ class FusionAuthAPI:
             samesite=session.samesite,
         )
 
+    @operation(
+        "Log in: a session cookie",
+        request=LoginBody,
+        response=Identity,
+        errors=(400, 429, 501, 503),
+        auth=False,
+    )
     async def login(self, request: web.Request) -> web.Response:
         """``POST /api/auth/login`` ``{"data": {...}}``: a new session for the caller."""
         if self.backend is None:
@@ -478,6 +486,7 @@ class FusionAuthAPI:
         self._set_session_cookie(request, response, session_id)
         return response
 
+    @operation("Log out: revoke the session everywhere")
     async def logout(self, request: web.Request) -> web.Response:
         """``GET /api/auth/logout``: revoke the caller's session on every replica,
         and end its event streams there."""
@@ -504,16 +513,19 @@ class FusionAuthAPI:
         )
         return response
 
+    @operation("The caller's Identity", response=Identity)
     async def is_logged(self, request: web.Request) -> web.Response:
         """``GET /api/auth/is_logged``: the caller's Identity."""
         return json_response(await self.authenticate(request))
 
+    @operation("The backend's AuthInfo", response=AuthInfo, errors=(501,), auth=False)
     async def auth_config(self, request: web.Request) -> web.Response:
         """``GET /api/auth/config``: how to log in (AuthInfo)."""
         if self.backend is None:
             raise FusionHTTPError(501, "no authentication backend configured")
         return json_response(self.backend.info())
 
+    @operation("The identities seen so far", response=list[Identity])
     async def identities(self, request: web.Request) -> web.Response:
         """``GET /api/auth/identities``: every identity seen so far."""
         await self.authenticate(request)

@@ -24,6 +24,7 @@ from fusion.server.auth.api import FusionAuthAPI
 from fusion.server.auth.caller import Caller
 from fusion.server.case.config import FusionCaseAPIConfig
 from fusion.server.event.api import FusionEventAPI, WebhookNotAllowedError
+from fusion.server.openapi import operation
 from fusion.server.routing import expect_handler
 from fusion.server.storage import (
     CaseConflictError,
@@ -78,6 +79,11 @@ def _check_if_match(request: web.Request, case_guid: UUID, version: int) -> None
     raise FusionHTTPError(
         412, f"case {case_guid} is at ETag {etag(version)}, not {request.headers['If-Match']}"
     )
+
+
+# What a change of a case may answer beyond the implied: concurrent changes,
+# If-Match mismatch, a service hook's refusal (422 by convention).
+_CHANGE_ERRORS = (409, 412, 422)
 
 
 def _case_guid(request: web.Request) -> UUID:
@@ -354,6 +360,7 @@ class FusionCaseAPI(Generic[CaseT]):
         return (await self._authorized_case(ctx, action, case_guid)).case
 
     # -- routes -----------------------------------------------------------------
+    @operation("The cases the caller may read", response=list[Case])
     async def enumerate_cases(self, request: web.Request) -> web.Response:
         """``GET /api/cases``: the cases the caller may read."""
         await self.auth.authorize(request, ENUMERATE_CASES)
@@ -367,6 +374,7 @@ class FusionCaseAPI(Generic[CaseT]):
         ]
         return json_response(cases)
 
+    @operation("Create a case", request=Case, response=Case, errors=(422,))
     async def create_case(self, request: web.Request) -> web.Response:
         """``POST /api/case``: create a case from a (partial) Case body."""
         await self.auth.authorize(request, CREATE_CASE)
@@ -382,6 +390,7 @@ class FusionCaseAPI(Generic[CaseT]):
         await self._notify("create_case", case, ctx.ext or None)
         return json_response(case)
 
+    @operation("A case, with its ETag", response=Case)
     async def retrieve_case(self, request: web.Request) -> web.Response:
         """``GET /api/case/{case_guid}``, with the case's ETag."""
         case_guid = _case_guid(request)
@@ -389,6 +398,7 @@ class FusionCaseAPI(Generic[CaseT]):
         case, version = await self._authorized_case(ctx, RETRIEVE_CASE, case_guid)
         return json_response(case, headers={"ETag": etag(version)})
 
+    @operation("Update a case", request=Case, response=Case, errors=_CHANGE_ERRORS)
     async def update_case(self, request: web.Request) -> web.Response:
         """``PUT /api/case/{case_guid}`` with a partial Case: the update rules of PROTOCOL.md.
 
@@ -419,6 +429,7 @@ class FusionCaseAPI(Generic[CaseT]):
         # The storage contract: a write that expected `version` stored version + 1.
         return json_response(case, headers={"ETag": etag(version + 1)})
 
+    @operation("Delete a case", errors=_CHANGE_ERRORS)
     async def delete_case(self, request: web.Request) -> web.Response:
         """``DELETE /api/case/{case_guid}``: needs change access and the delete right.
 
@@ -436,6 +447,7 @@ class FusionCaseAPI(Generic[CaseT]):
         await self._notify("delete_case", case, ctx.ext or None)
         return json_response()
 
+    @operation("Attach a case under another GUID", response=Case, errors=(422,))
     async def attach_case(self, request: web.Request) -> web.Response:
         """``PUT /api/case/{case_guid}/attach/{next_case_guid}``: federation key only,
         refused on a closed case."""

@@ -17,6 +17,7 @@ from fusion.concept import ConceptError, Constant
 from fusion.helper.http_envelope import FusionHTTPError, json_response
 from fusion.server.appkeys import AUTH, CONSTANT
 from fusion.server.constant.config import FusionConstantAPIConfig
+from fusion.server.openapi import operation
 from fusion.server.routing import expect_handler
 
 __all__ = ["FusionConstantAPI"]
@@ -135,6 +136,7 @@ class FusionConstantAPI(Generic[ConstantT]):
             _LOGGER.info("constant loaded from %s", self.filepath)
         return self._constant
 
+    @operation("The service constant", response=Constant, errors=(503,), auth=None)
     async def get_constant(self, request: web.Request) -> web.Response:
         """``GET /api/constant``: the service constant; 503 while the file is missing."""
         if self.config.require_auth:

@@ -22,6 +22,7 @@ from fusion.helper.store import SharedStore
 from fusion.helper.streaming import iter_file
 from fusion.server.appkeys import DOWNLOADS, STORE
 from fusion.server.download.config import FusionDownloadConfig
+from fusion.server.openapi import OCTET_STREAM, operation
 from fusion.server.routing import expect_handler
 
 __all__ = [
@@ -167,6 +168,7 @@ class FusionDownloadAPI:
         return pending
 
     # -- route -----------------------------------------------------------------
+    @operation("A prepared file, once", content_type=OCTET_STREAM, errors=(404,), auth=False)
     async def _handle_download(self, request: web.Request) -> web.StreamResponse:
         guid = str(get_guid(request, "guid"))
         token = request.match_info["token"]

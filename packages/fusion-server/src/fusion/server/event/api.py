@@ -28,6 +28,7 @@ from fusion.server.auth.caller import Caller
 from fusion.server.event.config import FusionEventConfig
 from fusion.server.event.publisher import CaseEventPublisher
 from fusion.server.event.watchers import CaseWatchers
+from fusion.server.openapi import EVENT_STREAM, operation
 from fusion.server.routing import expect_handler
 
 __all__ = [
@@ -580,6 +581,7 @@ class FusionEventAPI:
         except StoreUnavailableError as exc:
             _LOGGER.warning("cannot announce %s leaving case %s: %s", username, case.guid, exc)
 
+    @operation("A case's events", content_type=EVENT_STREAM, errors=(429,))
     async def _handle_events(self, request: web.Request) -> web.StreamResponse:
         if self._closing:
             raise FusionHTTPError(503, "server shutting down")

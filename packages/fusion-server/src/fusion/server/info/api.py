@@ -8,6 +8,7 @@ from fusion.concept import Info
 from fusion.helper.http_envelope import json_response
 from fusion.server.appkeys import AUTH
 from fusion.server.info.config import FusionInfoAPIConfig
+from fusion.server.openapi import operation
 from fusion.server.routing import expect_handler
 
 __all__ = ["FusionInfoAPI"]
@@ -23,6 +24,7 @@ class FusionInfoAPI:
     def setup(self, app: web.Application) -> None:
         app.router.add_get("/api/info", self.get_info, expect_handler=expect_handler)
 
+    @operation("The service's Info", response=Info, auth=None)
     async def get_info(self, request: web.Request) -> web.Response:
         """``GET /api/info``: the service's Info."""
         if self.config.require_auth:
