@@ -119,6 +119,8 @@ async def test_every_answer_of_a_session_matches_the_document(
     carol = http_sessions(running.url)
 
     assert (await call(anonymous, "GET", "/api/openapi.json"))[0] == 200
+    assert (await call(anonymous, "GET", "/api/health"))[0] == 200
+    assert (await call(anonymous, "GET", "/api/ready"))[0] == 200
     assert (await call(anonymous, "GET", "/api/auth/config"))[0] == 200
     assert (await call(anonymous, "POST", "/api/auth/login", json={"nope": 1}))[0] == 400
     for session, username in ((alice, "alice"), (bob, "bob"), (carol, "carol")):

@@ -27,6 +27,7 @@ from aiohttp import web
 from fusion.helper.http_envelope import json_response
 from fusion.server.appkeys import AUTH, STORAGE, STORE
 from fusion.server.health.config import FusionHealthConfig
+from fusion.server.openapi import operation
 from fusion.server.routing import expect_handler
 
 __all__ = ["READY_CHECKS", "FusionHealthAPI"]
@@ -49,10 +50,17 @@ class FusionHealthAPI:
         app.router.add_get("/api/health", self.get_health, expect_handler=expect_handler)
         app.router.add_get("/api/ready", self.get_ready, expect_handler=expect_handler)
 
+    @operation("Liveness: 200 while the process answers", auth=False)
     async def get_health(self, request: web.Request) -> web.Response:
         """``GET /api/health``: 200 while the process answers."""
         return json_response()
 
+    @operation(
+        "Readiness: each check's state; 503 naming the failed ones",
+        response=dict[str, str],
+        auth=False,
+        errors=(503,),
+    )
     async def get_ready(self, request: web.Request) -> web.Response:
         """``GET /api/ready``: 200 when every check passes, else 503 naming the failed ones."""
         checks = await self.readiness(request.app)
