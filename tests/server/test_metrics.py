@@ -19,6 +19,8 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import pytest
+from aiohttp import web
+from fusion_testing.clock import eventually
 from fusion_testing.fixtures_cli import MainRunner
 from fusion_testing.fixtures_server import (
     ROBOT_KEY,
@@ -234,3 +236,54 @@ async def test_counts_add_up_across_two_workers(
     text = await scrape(master.url)
     assert metric_value(text, "fusion_http_request_duration_seconds_count", **pid_route) == asked
     assert metric_value(text, "fusion_login_failures_total") == 1
+
+
+async def test_counts_events_published_sent_and_webhook_deliveries_by_outcome(
+    fusion_server: ServerFactory, tmp_path: Path
+) -> None:
+    async def hook(request: web.Request) -> web.Response:
+        await request.read()
+        status = 200 if request.match_info["name"] == "ok" else 404
+        return web.json_response({"status": status}, status=status)
+
+    receiver = web.Application()
+    receiver.router.add_post("/hooks/{name}", hook)
+    hooks = (await fusion_server(receiver)).url
+    config = server_config(
+        tmp_path,
+        metrics={},
+        event={"webhook": f"{hooks}/hooks/ok", "webhook_prefixes": [f"{hooks}/hooks/"]},
+    )
+    running = await fusion_server(config)
+    async with aiohttp.ClientSession(running.url, headers=ROBOT) as session:
+        created = await session.post(
+            "/api/case", json={"name": "m", "acs": ["robots"], "webhooks": [f"{hooks}/hooks/no"]}
+        )
+        assert created.status == 200, await created.text()
+        guid = (await created.json())["data"]["guid"]
+        stream = await session.get(f"/api/events/case/{guid}")
+        try:
+            events = iter_sse(stream.content)
+            assert msgspec.json.decode((await anext(events)).data)["category"] == "subscribers"
+            updated = await session.put(f"/api/case/{guid}", json={"description": "d"})
+            assert updated.status == 200
+            async with asyncio.timeout(30):
+                while msgspec.json.decode((await anext(events)).data)["category"] != "update_case":
+                    pass
+        finally:
+            stream.close()
+
+    async def counted() -> bool:
+        text = await scrape(running.url)
+        return (
+            metric_value(text, "fusion_webhook_deliveries_total", outcome="delivered") == 2
+            and metric_value(text, "fusion_webhook_deliveries_total", outcome="refused") == 2
+        )
+
+    # Two events (create, update), each to the global webhook (200) and the case's (404).
+    await eventually(counted, "both events' webhook deliveries counted")
+    text = await scrape(running.url)
+    assert metric_value(text, "fusion_events_published_total", category="create_case") == 1
+    assert metric_value(text, "fusion_events_published_total", category="update_case") == 1
+    assert metric_value(text, "fusion_events_sent_total") >= 1
+    assert metric_value(text, "fusion_webhook_deliveries_total", outcome="failed") == 0

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ssl import SSLContext
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,11 +29,16 @@ import aiohttp
 from fusion.concept import Event
 from fusion.helper.pubsub import FusionPubSub
 
-__all__ = ["NOTIFIER_TOKEN_HEADER", "FusionNotifier", "case_channel"]
+__all__ = ["DELIVERY_OUTCOMES", "NOTIFIER_TOKEN_HEADER", "FusionNotifier", "case_channel"]
 
 _LOGGER = logging.getLogger(__name__)
 
 NOTIFIER_TOKEN_HEADER = "X-Fusion-Notifier-Token"  # noqa: S105 - a header name
+
+DELIVERY_OUTCOMES = ("delivered", "refused", "failed", "tls_failed", "skipped")
+"""How a webhook delivery ends: accepted (2xx); refused (a 3xx or 4xx answer);
+failed (no 2xx after every retry, or an unexpected error); tls_failed (the
+receiver's certificate); skipped (not an http(s) URL, or malformed)."""
 
 
 def case_channel(case_guid: UUID | str) -> str:
@@ -72,6 +77,7 @@ class FusionNotifier:
         backoff: float = 0.5,
         history: int = 0,
         history_ttl: float | None = None,
+        on_delivery: Callable[[str], None] | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries must be >= 0, not {retries}")
@@ -91,6 +97,9 @@ class FusionNotifier:
         self._closed = False
         self.abandoned = 0
         """Deliveries the last :meth:`close` cancelled after its grace (for the stop log)."""
+        self.on_delivery = on_delivery
+        """Called with each finished delivery's outcome, one of :data:`DELIVERY_OUTCOMES`
+        (metrics count them); it must not raise nor block."""
 
     # -- publishing -------------------------------------------------------------
     async def notify(self, event: Event[Any], webhooks: Sequence[str] = ()) -> str | None:
@@ -156,6 +165,12 @@ class FusionNotifier:
 
     async def _deliver(self, url: str, body: bytes) -> bool:
         """POST ``body`` to ``url`` with retries; True when it was accepted."""
+        outcome = await self._outcome(url, body)
+        if self.on_delivery is not None:
+            self.on_delivery(outcome)
+        return outcome == "delivered"
+
+    async def _outcome(self, url: str, body: bytes) -> str:
         where = _redact(url)
         try:
             scheme = urlsplit(url).scheme.lower()
@@ -163,22 +178,22 @@ class FusionNotifier:
             scheme = ""
         if scheme not in ("http", "https"):
             _LOGGER.warning("webhook %s skipped: not an http(s) URL", where)
-            return False
+            return "skipped"
         try:
             return await self._deliver_with_retries(url, where, body)
         except Exception:
             # A background task: nobody else would see this.
             _LOGGER.exception("webhook %s delivery failed", where)
-            return False
+            return "failed"
 
-    async def _deliver_with_retries(self, url: str, where: str, body: bytes) -> bool:
+    async def _deliver_with_retries(self, url: str, where: str, body: bytes) -> str:
         attempts = self.retries + 1
         for attempt in range(1, attempts + 1):
             try:
                 await self._post(url, body)
             except _PermanentFailure as exc:
                 _LOGGER.warning("webhook %s refused the event: %s", where, exc)
-                return False
+                return "refused"
             except (
                 aiohttp.ClientConnectorCertificateError,
                 aiohttp.ServerFingerprintMismatch,
@@ -186,10 +201,10 @@ class FusionNotifier:
                 # The receiver's certificate will not change between attempts.
                 reason = (str(exc) or type(exc).__name__).replace(url, where)
                 _LOGGER.warning("webhook %s refused: TLS verification failed: %s", where, reason)
-                return False
+                return "tls_failed"
             except (aiohttp.InvalidURL, ValueError):
                 _LOGGER.warning("webhook %s skipped: malformed URL", where)
-                return False
+                return "skipped"
             except (_RetryableFailure, aiohttp.ClientError, TimeoutError, OSError) as exc:
                 # Messages of aiohttp errors may quote the URL, query secrets included.
                 reason = (str(exc) or type(exc).__name__).replace(url, where)
@@ -199,12 +214,12 @@ class FusionNotifier:
                     _LOGGER.warning(
                         "webhook %s failed after %d attempts: %s", where, attempts, reason
                     )
-                    return False
+                    return "failed"
                 _LOGGER.info("webhook %s attempt %d failed: %s", where, attempt, reason)
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
             else:
-                return True
-        return False  # pragma: no cover - the loop always returns
+                return "delivered"
+        return "failed"  # pragma: no cover - the loop always returns
 
     async def _post(self, url: str, body: bytes) -> None:
         async with self._client().post(

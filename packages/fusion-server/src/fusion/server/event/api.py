@@ -165,6 +165,9 @@ class FusionEventAPI:
         self._closing = False
         self._setup_slots = asyncio.Semaphore(config.setup_concurrency)
         self._last_frame: tuple[StoreMessage, bytes, _EventHead | None] | None = None
+        self.on_event_sent: Callable[[], None] | None = None
+        """Called after each event written to a stream (metrics count them); it
+        must not raise nor block."""
 
     # -- wiring --------------------------------------------------------------
     def setup(self, app: web.Application) -> None:
@@ -214,6 +217,10 @@ class FusionEventAPI:
             asyncio.create_task(self._check_sessions_forever()),
             asyncio.create_task(self._follow_logouts()),
         ]
+
+    def _sent(self) -> None:
+        if self.on_event_sent is not None:
+            self.on_event_sent()
 
     async def _end_streams(self, app: web.Application) -> None:
         await self._close_streams()
@@ -391,6 +398,7 @@ class FusionEventAPI:
                     # caller could read it: skipped, not a reason to stop.
                     if self._allowed(caller, about):
                         await response.write(frame)
+                        self._sent()
                     last_id = message.id or last_id
             loop = asyncio.get_running_loop()
             stream.last_write = loop.time()
@@ -415,6 +423,7 @@ class FusionEventAPI:
                 stream.writing = True
                 await response.write(frame)
                 stream.writing = False
+                self._sent()
                 if about is not None and about.category == _DELETED:
                     stream.end("case deleted")
                     break

@@ -63,6 +63,9 @@ class CaseEventPublisher:
             history=config.history,
             history_ttl=config.history_ttl,
         )
+        self.on_publish: Callable[[Event[Any]], None] | None = None
+        """Called with each case event once published (metrics count them); it
+        must not raise nor block."""
         # What from_config() opened, closed with the publisher, in this order.
         self._owned: list[Callable[[], Awaitable[None]]] = []
 
@@ -139,6 +142,8 @@ class CaseEventPublisher:
                 "event %s of case %s not published: %s", event.category, event.case.guid, exc
             )
             return None
+        if self.on_publish is not None:
+            self.on_publish(event)
         return message_id
 
     async def close(self, grace: float | None = None) -> None:

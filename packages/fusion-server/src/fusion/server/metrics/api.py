@@ -31,7 +31,8 @@ except ImportError as _missing:  # pragma: no cover - exercised by the extra's a
     ) from _missing
 from aiohttp import web
 
-from fusion.server.appkeys import CONFIG
+from fusion.server.appkeys import CONFIG, EVENTS
+from fusion.server.event.api import FusionEventAPI
 from fusion.server.metrics.config import FusionMetricsConfig
 
 __all__ = ["MULTIPROC_DIR_ENV", "FusionMetricsAPI", "mark_worker_dead"]
@@ -58,6 +59,9 @@ class _Metrics:
     throttled_logins: prometheus_client.Counter
     unavailable: prometheus_client.Counter
     event_streams: prometheus_client.Gauge
+    events_published: prometheus_client.Counter
+    events_sent: prometheus_client.Counter
+    webhook_deliveries: prometheus_client.Counter
 
 
 @cache
@@ -101,6 +105,21 @@ def _metrics() -> _Metrics:
             "fusion_event_streams_open",
             "Open event streams (subscribers connected to GET /api/events/case/{case_guid}).",
             multiprocess_mode="livesum",
+        ),
+        events_published=prometheus_client.Counter(
+            "fusion_events_published",
+            "Case events this process published, by category.",
+            ("category",),
+        ),
+        events_sent=prometheus_client.Counter(
+            "fusion_events_sent",
+            "Events written to the event streams of this process's subscribers.",
+        ),
+        webhook_deliveries=prometheus_client.Counter(
+            "fusion_webhook_deliveries",
+            "Webhook deliveries this process finished, by outcome (delivered, refused,"
+            " failed, tls_failed, skipped).",
+            ("outcome",),
         ),
     )
 
@@ -151,10 +170,24 @@ class FusionMetricsAPI:
     def setup(self, app: web.Application) -> None:
         """Add the middleware (outermost: it sees the final status) and the exposition."""
         app.middlewares.insert(0, self.middleware)
+        # After every cleanup context's start (on_startup handlers added now run
+        # after them): the event API's publisher exists by then.
+        app.on_startup.append(self._observe_events)
         if self.config.port is None:
             app.router.add_get(self.config.path, self.exposition)
         else:
             app.cleanup_ctx.append(self._listener)
+
+    async def _observe_events(self, app: web.Application) -> None:
+        events = app.get(EVENTS)
+        if not isinstance(events, FusionEventAPI):
+            return
+        metrics = self.metrics
+        published = metrics.events_published
+        events.publisher.on_publish = lambda event: published.labels(event.category).inc()
+        deliveries = metrics.webhook_deliveries
+        events.publisher.notifier.on_delivery = lambda outcome: deliveries.labels(outcome).inc()
+        events.on_event_sent = metrics.events_sent.inc
 
     @web.middleware
     async def middleware(
